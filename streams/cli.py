@@ -1,0 +1,44 @@
+"""The ``repmon`` console script (typer).
+
+Each verb lives in its own module that exposes ``register(app)``; this file only assembles them.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="repmon",
+    help="Streaming reputation monitor for email senders.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+#: Modules that add verbs to the app, in help order.
+VERB_MODULES = (
+    "streams.run_cmd",  # repmon run: local broker + worker + simulator + live summary
+    "streams.worker_cmd",  # repmon worker
+    "streams.simulate_cmd",  # repmon simulate
+    "streams.classify_cmd",  # repmon classify
+    "streams.replay_cmd",  # repmon replay
+)
+
+for _name in VERB_MODULES:
+    try:
+        _mod = importlib.import_module(_name)
+    except ModuleNotFoundError as exc:  # a verb still being written in this checkout
+        if exc.name != _name:
+            raise
+        continue
+    _mod.register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Prometheus metrics of a worker (docs/metrics.md).
+
+Label sets are bounded: ``kind`` and ``outcome`` come from models.schema, ``reason`` from the
+rejection reasons, ``provider`` from the provider table (plus "other"), ``type`` from the incident
+vocabulary. No domain, address, IP or campaign is ever a label: those live in /status.
+Counters are advanced once per tick from the pipelines' cumulative statistics, not per event.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from models.deltas import Deltas
+from models.pipeline import REJECTION_REASONS, Pipeline
+from models.providers import OTHER, default_table
+from models.schema import COL, EVENT_KINDS
+
+#: outcome columns exported per provider
+PROVIDER_OUTCOMES = (
+    "sent",
+    "delivered",
+    "deferred",
+    "bounced",
+    "rejected",
+    "complained",
+    "class_hard",
+    "class_soft",
+    "class_block",
+    "class_throttle",
+    "class_transient",
+    "class_config",
+    "auth_failure",
+)
+#: rolling rates exported per provider (from the Monitor's status, 15 min window)
+PROVIDER_RATES = (
+    "delivery",
+    "deferral",
+    "bounce",
+    "hard_bounce",
+    "block",
+    "complaint",
+    "auth_failure",
+)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.providers = frozenset(default_table().providers) | {OTHER}
+        self.events = Counter(
+            "repmon_events_total", "Accepted canonical events by kind.", ["kind"], registry=r
+        )
+        self.rejected = Counter(
+            "repmon_events_rejected_total",
+            "Inputs dead-lettered to the DLQ topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.unknown_fields = Counter(
+            "repmon_events_unknown_fields_total",
+            "Unknown fields seen (and ignored) in accepted or rejected events.",
+            registry=r,
+        )
+        self.provider_events = Counter(
+            "repmon_provider_events_total",
+            "Events per mailbox provider and outcome column.",
+            ["provider", "outcome"],
+            registry=r,
+        )
+        self.provider_rate = Gauge(
+            "repmon_provider_rate_ratio",
+            "Rolling 15-minute rates per mailbox provider (0..1).",
+            ["provider", "rate"],
+            registry=r,
+        )
+        self.provider_volume = Gauge(
+            "repmon_provider_attempts_15m",
+            "Delivery attempts per provider in the rolling 15-minute window (the rates' volume).",
+            ["provider"],
+            registry=r,
+        )
+        self.event_lag = Gauge(
+            "repmon_processing_lag_seconds",
+            "Wall-clock time minus the newest event time ingested by this worker.",
+            registry=r,
+        )
+        self.watermark = Gauge(
+            "repmon_watermark_timestamp_seconds",
+            "Event-time watermark of the rolling state (slowest active source).",
+            registry=r,
+        )
+        self.tick_seconds = Histogram(
+            "repmon_tick_duration_seconds",
+            "Time spent in one tick (flush, rollup send, detectors).",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.rollup_messages = Counter(
+            "repmon_rollup_messages_total", "Delta messages summed by this worker.", registry=r
+        )
+        self.rollup_duplicates = Counter(
+            "repmon_rollup_duplicates_total",
+            "Delta messages dropped as redeliveries (same source and sequence).",
+            registry=r,
+        )
+        self.rollup_bad = Counter(
+            "repmon_rollup_undecodable_total", "Undecodable delta messages dropped.", registry=r
+        )
+        self.incidents_open = Gauge(
+            "repmon_incidents_open", "Open incidents by type.", ["type"], registry=r
+        )
+        self.incidents_opened = Counter(
+            "repmon_incidents_opened_total", "Incidents opened, by type.", ["type"], registry=r
+        )
+        self.active_scopes = Gauge(
+            "repmon_active_scopes", "Scopes held in the rolling state.", registry=r
+        )
+        self.late_dropped = Gauge(
+            "repmon_late_events_dropped",
+            "Events dropped for arriving after the lateness.",
+            registry=r,
+        )
+        self._seen_kind: dict[int, list[int]] = {}
+        self._seen_rej: dict[int, dict[str, int]] = {}
+        self._seen_unknown: dict[int, int] = {}
+        for k in EVENT_KINDS:
+            self.events.labels(k)
+        for reason in REJECTION_REASONS:
+            self.rejected.labels(reason)
+
+    def provider_label(self, name: str) -> str:
+        return name if name in self.providers else OTHER
+
+    def observe_pipeline(self, partition: int, pipe: Pipeline, d: Deltas) -> None:
+        st = pipe.stats
+        seen = self._seen_kind.setdefault(partition, [0] * len(EVENT_KINDS))
+        for i, k in enumerate(EVENT_KINDS):
+            diff = st.by_kind[i] - seen[i]
+            if diff:
+                self.events.labels(k).inc(diff)
+                seen[i] = st.by_kind[i]
+        seen_r = self._seen_rej.setdefault(partition, {})
+        for reason, v in st.rejected.items():
+            diff = v - seen_r.get(reason, 0)
+            if diff:
+                self.rejected.labels(reason).inc(diff)
+                seen_r[reason] = v
+        diff = st.unknown_fields - self._seen_unknown.get(partition, 0)
+        if diff:
+            self.unknown_fields.inc(diff)
+            self._seen_unknown[partition] = st.unknown_fields
+        if pipe.watermark > 0:
+            self.event_lag.set(max(0.0, time.time() - pipe.watermark))
+        for i, scope in enumerate(d.scopes):
+            if not scope.startswith("provider:"):
+                continue
+            label = self.provider_label(scope.partition(":")[2])
+            tot = d.counts[d.scope_idx == i].sum(axis=0)
+            for outcome in PROVIDER_OUTCOMES:
+                v = int(tot[COL[outcome]])
+                if v:
+                    self.provider_events.labels(label, outcome).inc(v)
+
+    def observe_monitor(self, monitor: Any, watermark: float) -> None:
+        self.watermark.set(watermark)
+        mm = monitor.metrics()
+        self.active_scopes.set(mm.get("active_scopes", 0))
+        self.late_dropped.set(mm.get("late_dropped", 0))
+        for typ, n in mm.get("incidents_open", {}).items():
+            self.incidents_open.labels(typ).set(n)
+        for provider, rates in mm.get("provider_rates", {}).items():
+            label = self.provider_label(provider)
+            for rate in PROVIDER_RATES:
+                v = rates.get(rate)
+                if v is not None and np.isfinite(v):
+                    self.provider_rate.labels(label, rate).set(float(v))
+            vol = rates.get("attempts")
+            if vol is not None:
+                self.provider_volume.labels(label).set(float(vol))
+
+    def incident_change(self, rec: dict[str, Any]) -> None:
+        if rec.get("action") == "opened":
+            self.incidents_opened.labels(str(rec.get("type"))).inc()

@@ -1,0 +1,56 @@
+"""Configuration from environment variables (pydantic-settings), documented in docs/configuration.md."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REPMON_", extra="ignore")
+
+    #: host:port[,host:port] of the Kafka cluster (default: the local broker of deploy/kafka).
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    app_id: str = "repmon"
+    topic_events: str = "mail.events"
+    topic_dlq: str = "mail.events.dlq"
+    topic_rollup: str = "repmon.rollup"
+    topic_incidents: str = "repmon.incidents"
+    #: partitions of mail.events and repmon.rollup when repmon creates them
+    topic_partitions: int = Field(default=6, ge=1, le=1024)
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=1, le=65535)
+    #: seconds between two flushes of the in-memory counters (a "tick")
+    tick_s: float = Field(default=1.0, gt=0.0, le=60.0)
+    #: event-time bucket width of the counts (seconds)
+    bucket_s: int = Field(default=60, ge=1, le=3600)
+    #: events further in the future of the worker clock than this are dead-lettered
+    max_future_skew_s: float = Field(default=300.0, ge=0.0)
+    #: extra classifier rule files (os.pathsep-separated), they take precedence
+    rules: str = ""
+    #: Faust data directory
+    data_dir: Path = Path("var/faust")
+    log_level: str = "info"
+    #: where consumption starts when the group has no committed offset
+    auto_offset_reset: str = "earliest"
+    #: a worker whose source has sent nothing for this long stops holding the watermark back
+    source_idle_s: float = Field(default=30.0, gt=0.0)
+
+    @property
+    def rule_files(self) -> list[Path]:
+        return [Path(p) for p in self.rules.split(os.pathsep) if p.strip()]
+
+    @property
+    def broker_url(self) -> str:
+        return ";".join(
+            f"kafka://{h.strip()}" for h in self.kafka_bootstrap.split(",") if h.strip()
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

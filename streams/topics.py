@@ -1,0 +1,60 @@
+"""Topic administration with kafka-python's admin client."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from streams.settings import Settings
+
+
+def wait_for_broker(bootstrap: str, timeout_s: float = 60.0) -> None:
+    """Block until a metadata request to ``bootstrap`` succeeds, or raise TimeoutError."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+            try:
+                admin.list_topics()
+                return
+            finally:
+                admin.close()
+        except (KafkaError, OSError, ValueError) as exc:
+            last = exc
+            time.sleep(0.5)
+    raise TimeoutError(f"no Kafka metadata from {bootstrap} within {timeout_s:.0f} s: {last}")
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> None:
+    """Create repmon's topics if they do not exist (existing ones are left as they are)."""
+    wait_for_broker(settings.kafka_bootstrap, timeout_s)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=15000)
+    try:
+        existing = set(admin.list_topics())
+        p = settings.topic_partitions
+        wanted = [
+            # 4 MiB: inputs over 1 MiB must reach the worker to be dead-lettered as too_large
+            NewTopic(settings.topic_events, p, 1, topic_configs={"max.message.bytes": "4194304"}),
+            # a dead letter carries up to 1 MiB of original bytes, base64-encoded
+            NewTopic(settings.topic_dlq, 1, 1, topic_configs={"max.message.bytes": "4194304"}),
+            NewTopic(settings.topic_rollup, p, 1),
+            NewTopic(settings.topic_incidents, 1, 1, topic_configs={"cleanup.policy": "compact"}),
+        ]
+        missing = [t for t in wanted if t.name not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics(missing)
+        # metadata for new topics propagates asynchronously: wait until all are listed
+        deadline = time.monotonic() + timeout_s
+        names = {t.name for t in wanted}
+        while not names.issubset(set(admin.list_topics())):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topics {sorted(names)} not visible after creation")
+            time.sleep(0.2)
+    finally:
+        admin.close()

@@ -1,0 +1,137 @@
+"""Shared fixtures. Tests that need Kafka FAIL (never skip) when no broker answers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bootstrap() -> str:
+    return os.environ.get("REPMON_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """Address of a live broker. Fails the test when none answers: start it with
+    `deploy/kafka/local-kafka start` (./dev test does this for you)."""
+    from streams.topics import wait_for_broker
+
+    addr = _bootstrap()
+    try:
+        wait_for_broker(addr, timeout_s=30.0)
+    except TimeoutError as exc:
+        pytest.fail(f"Kafka broker required but not reachable at {addr}: {exc}")
+    return addr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class WorkerProc:
+    """`repmon worker` as a subprocess on private topics and a private port."""
+
+    def __init__(self, bootstrap: str, tmp: Path, partitions: int = 3) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.port = free_port()
+        self.env = dict(os.environ)
+        self.env.update(
+            REPMON_KAFKA_BOOTSTRAP=bootstrap,
+            REPMON_APP_ID=f"repmon-it-{tag}",
+            REPMON_TOPIC_EVENTS=f"it-{tag}.events",
+            REPMON_TOPIC_DLQ=f"it-{tag}.events.dlq",
+            REPMON_TOPIC_ROLLUP=f"it-{tag}.rollup",
+            REPMON_TOPIC_INCIDENTS=f"it-{tag}.incidents",
+            REPMON_TOPIC_PARTITIONS=str(partitions),
+            REPMON_WEB_PORT=str(self.port),
+            REPMON_DATA_DIR=str(tmp / "faust"),
+            REPMON_TICK_S="0.5",
+        )
+        self.topics = {
+            k: self.env[f"REPMON_TOPIC_{k.upper()}"]
+            for k in ("events", "dlq", "rollup", "incidents")
+        }
+        self.log_path = tmp / "worker.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        from streams.settings import Settings
+        from streams.topics import ensure_topics
+
+        # create the topics first, so the producer and the worker agree on partitions
+        ensure_topics(Settings(_env_file=None, **self.settings_kwargs()))
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited early:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        raise AssertionError(f"worker not healthy within {timeout_s} s:\n{self.log_tail()}")
+
+    def settings_kwargs(self) -> dict[str, object]:
+        return {
+            "kafka_bootstrap": self.env["REPMON_KAFKA_BOOTSTRAP"],
+            "app_id": self.env["REPMON_APP_ID"],
+            "topic_events": self.topics["events"],
+            "topic_dlq": self.topics["dlq"],
+            "topic_rollup": self.topics["rollup"],
+            "topic_incidents": self.topics["incidents"],
+            "topic_partitions": int(self.env["REPMON_TOPIC_PARTITIONS"]),
+        }
+
+    def get(self, path: str) -> bytes:
+        with urllib.request.urlopen(self.url + path, timeout=5) as r:
+            return bytes(r.read())
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "<no log>"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def worker(kafka_bootstrap: str, tmp_path: Path) -> Iterator[WorkerProc]:
+    w = WorkerProc(kafka_bootstrap, tmp_path)
+    try:
+        yield w
+    finally:
+        w.stop()

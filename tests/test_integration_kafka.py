@@ -1,0 +1,231 @@
+"""End to end against the real broker: kafka-python producer -> `repmon worker` -> /metrics, DLQ.
+
+These tests fail (never skip) when no broker answers (see conftest.kafka_bootstrap).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import re
+import time
+from collections import Counter
+
+import orjson
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from tests.conftest import WorkerProc
+
+pytestmark = pytest.mark.kafka
+
+BASE_TS = time.time() - 3600.0
+DOMAINS = ["gmail.com", "outlook.com", "yahoo.com", "icloud.com", "acme-logistics.de", "globex.fr"]
+MX = {
+    "gmail.com": "gmail-smtp-in.l.google.com",
+    "outlook.com": "outlook-com.olc.protection.outlook.com",
+    "yahoo.com": "mta5.am0.yahoodns.net",
+    "icloud.com": "mx01.mail.icloud.com",
+    "acme-logistics.de": "eu-smtp-inbound-1.mimecast.com",
+    "globex.fr": "mx0a-00123401.pphosted.com",
+}
+REPLIES = {
+    "deferred": (
+        421,
+        "4.7.28",
+        "421-4.7.28 Our system has detected an unusual rate of unsolicited mail originating from your IP address. gsmtp",
+    ),
+    "bounced": (
+        550,
+        "5.1.1",
+        "550 5.1.1 <someone@example.org>: Recipient address rejected: User unknown",
+    ),
+    "rejected": (
+        554,
+        "5.7.1",
+        "554 5.7.1 Service unavailable; Client host [192.0.2.10] blocked using zen.spamhaus.org",
+    ),
+}
+
+
+def good_events(n: int, seed: int) -> list[dict[str, object]]:
+    rng = random.Random(seed)
+    kinds = [
+        "sent",
+        "delivered",
+        "deferred",
+        "bounced",
+        "complained",
+        "rejected",
+        "opened",
+        "clicked",
+        "unsubscribed",
+    ]
+    weights = [40, 38, 6, 3, 1, 1, 6, 3, 2]
+    out = []
+    for i in range(n):
+        kind = rng.choices(kinds, weights)[0]
+        dom = rng.choice(DOMAINS)
+        ev: dict[str, object] = {
+            "event": kind,
+            "timestamp": BASE_TS + i * 0.05,
+            "message_id": f"it-{seed}-{i}",
+            "recipient": f"user{rng.randrange(5000)}@{dom}",
+            "sender_domain": "news.example.com",
+            "sending_ip": f"192.0.2.{rng.randrange(1, 5)}",
+            "pool": "shared-1",
+            "tenant": "acme",
+            "campaign": "acme-it",
+            "mx_host": MX[dom],
+        }
+        if kind in REPLIES:
+            code, enh, text = REPLIES[kind]
+            ev.update(smtp_code=code, enhanced_code=enh, response=text)
+        if kind == "complained":
+            ev["feedback_type"] = "abuse"
+        out.append(ev)
+    return out
+
+
+BAD: list[tuple[bytes, str]] = [
+    (b"{not json", "bad_json"),
+    (b"[1, 2, 3]", "not_an_object"),
+    (json.dumps({"event": "delivered", "recipient": "a@gmail.com"}).encode(), "missing_field"),
+    (
+        json.dumps(
+            {
+                "event": "delivered",
+                "timestamp": BASE_TS,
+                "recipient": "a@gmail.com",
+                "smtp_code": "250",
+            }
+        ).encode(),
+        "wrong_type",
+    ),
+    (
+        json.dumps(
+            {"event": "teleported", "timestamp": BASE_TS, "recipient": "a@gmail.com"}
+        ).encode(),
+        "unknown_event",
+    ),
+    (
+        json.dumps(
+            {"event": "delivered", "timestamp": time.time() + 86400, "recipient": "a@gmail.com"}
+        ).encode(),
+        "bad_timestamp",
+    ),
+    (
+        json.dumps(
+            {"event": "delivered", "timestamp": BASE_TS, "recipient": "nobody-at-nowhere"}
+        ).encode(),
+        "bad_domain",
+    ),
+    (
+        b'{"event": "delivered", "timestamp": 1, "response": "' + b"x" * (1 << 20) + b'"}',
+        "too_large",
+    ),
+]
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes]) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, max_request_size=4 << 20, linger_ms=5)
+    try:
+        for k, v in zip(keys, values, strict=True):
+            producer.send(topic, key=k, value=v)
+        producer.flush(timeout=60)
+    finally:
+        producer.close(timeout=30)
+
+
+def metric_values(text: str, name: str, label: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for m in re.finditer(rf'^{name}\{{{label}="([^"]+)"\}} ([0-9.e+]+)$', text, re.M):
+        out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def wait_for(pred, timeout_s: float, what: str, worker: WorkerProc):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last is True:
+            return
+        assert worker.proc is not None and worker.proc.poll() is None, (
+            f"worker died while waiting for {what}:\n{worker.log_tail()}"
+        )
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}; last: {last}\n{worker.log_tail()}")
+
+
+def test_counts_dlq_and_survival(worker: WorkerProc, kafka_bootstrap: str) -> None:
+    worker.start()
+    first = good_events(3000, seed=1)
+    second = good_events(2000, seed=2)
+    # interleave the bad messages between good ones, across partitions
+    values: list[bytes] = []
+    keys: list[bytes] = []
+    bad_at = {300 * (i + 1): b for i, b in enumerate(BAD)}
+    assert max(bad_at) < len(first)
+    for i, ev in enumerate(first):
+        if i in bad_at:
+            values.append(bad_at[i][0])
+            keys.append(str(ev["recipient"]).split("@")[1].encode())
+        values.append(orjson.dumps(ev))
+        keys.append(str(ev["recipient"]).split("@")[1].encode())
+    produce(kafka_bootstrap, worker.topics["events"], values, keys)
+
+    # the worker keeps running after the bad inputs and counts the neighbours; send more
+    time.sleep(1.0)
+    assert worker.proc is not None and worker.proc.poll() is None, worker.log_tail()
+    produce(
+        kafka_bootstrap,
+        worker.topics["events"],
+        [orjson.dumps(e) for e in second],
+        [str(e["recipient"]).split("@")[1].encode() for e in second],
+    )
+    expected = Counter(str(e["event"]) for e in first + second)
+    expected_rej = Counter(reason for _, reason in BAD)
+
+    def counted() -> bool | dict[str, float]:
+        text = worker.get("/metrics").decode()
+        got = metric_values(text, "repmon_events_total", "kind")
+        rej = metric_values(text, "repmon_events_rejected_total", "reason")
+        ok = all(got.get(k, 0) == v for k, v in expected.items()) and all(
+            rej.get(k, 0) == v for k, v in expected_rej.items()
+        )
+        return True if ok else {**got, **{f"rej:{k}": v for k, v in rej.items() if v}}
+
+    wait_for(counted, 90, "all events counted", worker)
+    text = worker.get("/metrics").decode()
+    got = metric_values(text, "repmon_events_total", "kind")
+    assert sum(got.values()) == len(first) + len(second), "events lost or double counted"
+    # per-provider counts are exported with bounded labels
+    assert 'repmon_provider_events_total{outcome="sent",provider="google"}' in text
+    assert "@" not in text, "an address leaked into /metrics"
+
+    # every bad message is in the DLQ with its reason and original bytes
+    consumer = KafkaConsumer(
+        worker.topics["dlq"],
+        bootstrap_servers=kafka_bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=10_000,
+        fetch_max_bytes=8 << 20,
+        max_partition_fetch_bytes=8 << 20,
+    )
+    records = [orjson.loads(m.value) for m in consumer]
+    consumer.close()
+    assert Counter(r["reason"] for r in records) == expected_rej
+    originals = {r["reason"]: base64.b64decode(r["original_b64"]) for r in records}
+    for raw, reason in BAD:
+        assert originals[reason] == raw[: 1 << 20]
+        assert all(r["detail"] for r in records)
+
+    # /status reflects the same counts; the worker is alive and healthy
+    status = orjson.loads(worker.get("/status"))
+    assert status["ingest"]["accepted"] == len(first) + len(second)
+    assert worker.proc is not None and worker.proc.poll() is None
+    assert orjson.loads(worker.get("/healthz"))["status"] == "ok"
+    leaked = re.findall(r"[\w.+-]+@[\w-]+\.[\w.-]+", worker.log_path.read_text(errors="replace"))
+    assert not leaked, f"recipient addresses leaked into the worker log: {leaked[:3]}"
