@@ -1,0 +1,169 @@
+"""Classifier throughput on this machine: repeated (cached) and unique (uncached) replies.
+
+Run from the repository root: ``.venv/bin/python bench/classify.py``. Targets (issue 3):
+>= 500,000 classifications/s for repeated replies, >= 20,000/s for unique replies.
+Also prints the corpus accuracy per provider and per reason (tests/data/replies/*.jsonl), the
+table pasted into docs/classification.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import random
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from models.classifier import Classifier, normalize_reply  # noqa: E402
+
+TARGET_REPEATED = 500_000
+TARGET_UNIQUE = 20_000
+
+
+def load_corpus() -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for f in sorted(glob.glob(str(ROOT / "tests/data/replies/*.jsonl"))):
+        with open(f, encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    o = json.loads(line)
+                    o["_file"] = os.path.basename(f)
+                    rows.append(o)
+    return rows
+
+
+def vary(text: str, i: int) -> str:
+    """Make a reply unique the way real traffic does: addresses, IPs and queue ids change."""
+    ip = f"{10 + i % 200}.{(i >> 8) % 256}.{(i >> 16) % 256}.{i % 251}"
+    qid = f"{i:012x}a9"
+    return f"{text} <user{i}@example{i % 97}.com> [{ip}] id={qid}"
+
+
+def bench(n_unique: int, n_repeated: int) -> dict[str, float]:
+    rows = load_corpus()
+    inputs = [
+        (r["smtp_code"], r["enhanced_code"], str(r["response"]), r.get("provider")) for r in rows
+    ]
+    rng = random.Random(7)
+    # unique: every reply differs in address/ip/id, so the raw-text cache never hits; the
+    # normalised cache may (that is the point of normalisation), so also measure with it off.
+    uniq = []
+    for i in range(n_unique):
+        s, e, t, p = inputs[rng.randrange(len(inputs))]
+        uniq.append((s, e, vary(t, i), p))
+    out: dict[str, float] = {}
+
+    c = Classifier()
+    t0 = time.perf_counter()
+    for s, e, t, p in uniq:
+        c.classify(s, e, t, p, p)  # type: ignore[arg-type]
+    out["unique_raw_cache_cold"] = n_unique / (time.perf_counter() - t0)
+
+    c0 = Classifier(cache_size=0)
+    t0 = time.perf_counter()
+    for s, e, t, p in uniq:
+        c0.classify(s, e, t, p, p)  # type: ignore[arg-type]
+    out["unique_no_cache"] = n_unique / (time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    for _, _, t, _ in uniq:
+        normalize_reply(t)
+    out["normalize_only"] = n_unique / (time.perf_counter() - t0)
+
+    warm = Classifier()
+    rep = [inputs[rng.randrange(len(inputs))] for _ in range(n_repeated)]
+    for s, e, t, p in inputs:
+        warm.classify(s, e, t, p, p)  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    for s, e, t, p in rep:
+        warm.classify(s, e, t, p, p)  # type: ignore[arg-type]
+    out["repeated"] = n_repeated / (time.perf_counter() - t0)
+    return out
+
+
+def accuracy() -> tuple[
+    float, dict[str, tuple[int, int]], dict[str, tuple[int, int]], Counter[tuple[str, str]]
+]:
+    rows = load_corpus()
+    c = Classifier()
+    by_prov: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    by_reason: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    confusion: Counter[tuple[str, str]] = Counter()
+    ok = 0
+    for r in rows:
+        p = r.get("provider")
+        res = c.classify(r["smtp_code"], r["enhanced_code"], str(r["response"]), p, p)  # type: ignore[arg-type]
+        good = res.reason == r["expected_reason"] and res.cls == r["expected_class"]
+        ok += good
+        key = str(p or "(none)")
+        by_prov[key][0] += good
+        by_prov[key][1] += 1
+        by_reason[str(r["expected_reason"])][0] += good
+        by_reason[str(r["expected_reason"])][1] += 1
+        if not good:
+            confusion[
+                (
+                    f"{r['expected_reason']}/{r['expected_class']}",
+                    f"{res.reason}/{res.cls} ({res.rule})",
+                )
+            ] += 1
+    return (
+        ok / len(rows),
+        {k: (v[0], v[1]) for k, v in by_prov.items()},
+        {k: (v[0], v[1]) for k, v in by_reason.items()},
+        confusion,
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--unique", type=int, default=100_000)
+    ap.add_argument("--repeated", type=int, default=1_000_000)
+    ap.add_argument("--no-accuracy", action="store_true")
+    a = ap.parse_args()
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
+        f"python={platform.python_version()}"
+    )
+    r = bench(a.unique, a.repeated)
+    print(
+        f"repeated replies (cache hit):      {r['repeated']:>12,.0f}/s  "
+        f"target {TARGET_REPEATED:,}/s  ratio {r['repeated'] / TARGET_REPEATED:.2f}"
+    )
+    print(
+        f"unique replies (fresh classifier): {r['unique_raw_cache_cold']:>12,.0f}/s  "
+        f"target {TARGET_UNIQUE:,}/s  ratio {r['unique_raw_cache_cold'] / TARGET_UNIQUE:.2f}"
+    )
+    print(
+        f"unique replies (cache disabled):   {r['unique_no_cache']:>12,.0f}/s  "
+        f"target {TARGET_UNIQUE:,}/s  ratio {r['unique_no_cache'] / TARGET_UNIQUE:.2f}"
+    )
+    print(f"normalize_reply alone:             {r['normalize_only']:>12,.0f}/s")
+    if a.no_accuracy:
+        return
+    acc, prov, reason, conf = accuracy()
+    n = sum(v[1] for v in prov.values())
+    print(f"\ncorpus accuracy (reason and class): {acc:.1%} of {n} replies\n")
+    print("| provider / operator | replies | correct | accuracy |\n|---|---:|---:|---:|")
+    for k in sorted(prov):
+        ok, tot = prov[k]
+        print(f"| {k} | {tot} | {ok} | {ok / tot:.0%} |")
+    print("\n| expected reason | replies | correct | accuracy |\n|---|---:|---:|---:|")
+    for k in sorted(reason):
+        ok, tot = reason[k]
+        print(f"| {k} | {tot} | {ok} | {ok / tot:.0%} |")
+    print("\nconfusions (expected -> got):")
+    for (e, g), k in conf.most_common():
+        print(f"  {k} x {e} -> {g}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,831 @@
+"""SMTP bounce and deferral classifier (docs/classification.md).
+
+Input: a basic reply code (optional), an enhanced status code (optional), the reply text, and
+optionally the mailbox provider / MX operator (models/providers.py). Output: a
+:class:`Classification` with a sisimai-vocabulary ``reason``, a coarse ``class`` chosen for the
+action the sender should take, and the id of the rule that decided.
+
+Rules are data (``models/rules/*.toml`` plus user files that take precedence). Precedence:
+
+1. user text rules scoped to the given provider/operator, then the other user text rules;
+2. default text rules scoped to the given provider/operator;
+3. default provider rules marked ``global = true`` (their text is unmistakable: "gsmtp",
+   "[TSS04]", "protection.outlook.com", "mimecast" ...), whatever the provider;
+4. default generic text rules;
+5. RFC 3463 enhanced status code (exact ``5.7.26``, then the subject ``5.7``);
+6. basic reply code (exact ``550``, then ``5xx`` / ``4xx``).
+
+Within one tier the first rule in file order wins. Text matching runs on the normalised,
+lower-cased reply. To reach tens of thousands of unique replies per second without one regex pass
+per rule, every rule is indexed by an *anchor word* (a whole word its pattern cannot match
+without); a reply only runs the rules whose anchor word it contains (plus the few rules without
+an anchor), in precedence order. Results are cached on the raw key and on the normalised key.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final
+
+from models.schema import CLASS_CODE, CLASSES, REASON_CODE, REASONS
+
+__all__ = [
+    "DEFAULT_CLASS",
+    "Classification",
+    "Classifier",
+    "Rule",
+    "RuleError",
+    "load_rule_file",
+    "normalize_reply",
+    "parse_codes",
+]
+
+
+class RuleError(ValueError):
+    """A rule file is invalid; the message names the file and the rule."""
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    reason: str  # one of models.schema.REASONS
+    cls: str  # one of models.schema.CLASSES (JSON key "class")
+    rule: str  # id of the deciding rule
+    reason_code: int  # models.schema.REASON_CODE[reason]
+    class_code: int  # models.schema.CLASS_CODE[cls]
+
+    def as_dict(self) -> dict[str, str]:
+        return {"reason": self.reason, "class": self.cls, "rule": self.rule}
+
+
+#: Default (permanent, temporary) class of each reason, used when a rule gives no class.
+DEFAULT_CLASS: Final[dict[str, tuple[str, str]]] = {
+    "userunknown": ("hard", "soft"),
+    "hostunknown": ("hard", "soft"),
+    "hasmoved": ("hard", "soft"),
+    "notaccept": ("hard", "transient"),
+    "mailboxfull": ("soft", "soft"),
+    "suspend": ("soft", "soft"),
+    "exceedlimit": ("soft", "soft"),
+    "mesgtoobig": ("soft", "soft"),
+    "blocked": ("block", "block"),
+    "badreputation": ("block", "throttle"),
+    "spamdetected": ("block", "block"),
+    "policyviolation": ("block", "block"),
+    "contenterror": ("block", "block"),
+    "virusdetected": ("block", "block"),
+    "filtered": ("block", "block"),
+    "rejected": ("block", "block"),
+    "speeding": ("throttle", "throttle"),
+    "toomanyconn": ("throttle", "throttle"),
+    "expired": ("transient", "transient"),
+    "networkerror": ("transient", "transient"),
+    "systemerror": ("transient", "transient"),
+    "systemfull": ("transient", "transient"),
+    "mailererror": ("transient", "transient"),
+    "greylisting": ("transient", "transient"),
+    "authfailure": ("config", "config"),
+    "requireptr": ("config", "config"),
+    "failedstarttls": ("config", "config"),
+    "securityerror": ("config", "config"),
+    "norelaying": ("config", "config"),
+    "notcompliantrfc": ("config", "config"),
+    "syntaxerror": ("config", "config"),
+    "onhold": ("other", "other"),
+    "undefined": ("other", "transient"),
+}
+assert set(DEFAULT_CLASS) == set(REASONS)
+
+# --------------------------------------------------------------------------------------------
+# Normalisation
+# --------------------------------------------------------------------------------------------
+
+_ADDR_CHARS = r"[^\s<>()\[\]{}\"',;:@]"
+_RE_ADDR: Final = re.compile(_ADDR_CHARS + r"*@" + _ADDR_CHARS + r"*")
+_RE_ADDR_BRACKETS: Final = re.compile(r"[<\[(]+\s*<addr>\s*[>\])]+")
+#: One pass over the text: every alternative starts at a token start (after white space or one
+#: of the delimiters), so the engine rejects most positions with a single look-behind test.
+_RE_VARIABLE: Final = re.compile(
+    r"(?<![^\s<>()\[\]{}\"',;=&?/:|])(?:"
+    r"(?P<addr><?[^\s<>()\[\]{}\"',;:@]*@[^\s<>()\[\]{}\"',;:]*>?)"
+    r"|(?P<host>\[(?:[a-z0-9_-]+\.)+[a-z0-9_-]+\.[a-z0-9-]*[a-z][a-z0-9-]*\])"
+    r"|(?P<time>\d{4}-\d\d-\d\d(?:[t ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?(?:z|[+-]\d\d:?\d\d)?)?"
+    r"|\d{1,2}:\d\d:\d\d(?:[.,]\d+)?)"
+    r"|(?P<ip4>\d{1,3}(?:\.\d{1,3}){3})(?![\w])"
+    r"|(?P<ip6>(?:[0-9a-f]{0,4}:){2,7}[0-9a-f]{0,4})(?![\w:])"
+    r"|(?P<id>(?=[\w+/=.-]{16})(?=[a-z_+/=.-]*\d)[\w+/=.-]+"
+    r"|(?=[a-f]*\d)(?=\d*[a-f])[0-9a-f]{10,}(?![\w])"
+    r"|\d{10,}(?![\w]))"
+    r")",
+    re.I,
+)
+_MAX_NORM: Final = 1000
+
+
+#: characters that cannot start a replaced token: after a replacement followed by one of these
+#: (or by the end of the text), a second pass cannot find anything new there.
+_NO_START: Final = frozenset(" \t\n\r\x0b\x0c<>(){}\"',;=&?/:|]")
+
+
+#: delimiters that may also end a token (an IPv6 run, a base64 id): a replacement right after
+#: one can change what an earlier look-ahead saw.
+_INNER: Final = frozenset(":=/&?|")
+
+
+class _Pass:
+    """State of one normalisation pass: did a replacement touch a possible token start?"""
+
+    __slots__ = ("again",)
+
+    def __init__(self) -> None:
+        self.again = False
+
+    def __call__(self, m: re.Match[str]) -> str:
+        start, end = m.span()
+        s = m.string
+        if (end < len(s) and s[end] not in _NO_START) or (start and s[start - 1] in _INNER):
+            self.again = True
+        kind = m.lastgroup
+        if kind == "addr":
+            return "<addr>"
+        if kind == "host":
+            labels = m.group(0)[1:-1].split(".")
+            keep = labels[-3:] if len(labels) >= 4 else labels[-2:]
+            return "[<host>." + ".".join(keep).lower() + "]"
+        if kind == "time":
+            return "<time>"
+        if kind == "ip6":
+            g = m.group(0)
+            return "<ip>" if sum(1 for p in g.split(":") if p) >= 3 else g
+        if kind == "ip4":
+            return "<ip>"
+        return "<id>"
+
+
+def _normalize_once(text: str) -> tuple[str, bool]:
+    """One pass; the flag says whether another pass might still change the result."""
+    cb = _Pass()
+    out = _RE_VARIABLE.sub(cb, text)
+    again = cb.again
+    if "@" in out:  # an '@' not at a token start: never let an address through
+        out = _RE_ADDR.sub("<addr>", out)
+        again = True
+    if "<addr>" in out:
+        before = out
+        out = _RE_ADDR_BRACKETS.sub("<addr>", out)
+        again = again or out != before
+    return " ".join(out.split()), again
+
+
+def normalize_reply(text: str) -> str:
+    """Strip what varies between otherwise identical replies.
+
+    Addresses become ``<addr>`` (the result never contains an ``@``), IP addresses ``<ip>``,
+    bracketed host names ``[<host>.<last labels>]``, queue/message ids and long hex, base64 or
+    digit tokens ``<id>``, timestamps ``<time>``; runs of white space become one space. The
+    result is used as the cache key and as the evidence string, and is idempotent.
+    """
+    # A replacement can turn the character before the next token into a delimiter, so repeat
+    # while a pass says it may have exposed a new token start (rare): this makes it idempotent.
+    for _ in range(8):
+        new, again = _normalize_once(text[: _MAX_NORM + 200] if len(text) > _MAX_NORM else text)
+        if len(new) > _MAX_NORM:
+            new = new[:_MAX_NORM].rstrip()
+            again = True
+        if new == text or not again:
+            return new
+        text = new
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# Codes
+# --------------------------------------------------------------------------------------------
+
+_RE_LEAD_CODE: Final = re.compile(r"^\s*([245]\d\d)(?:[\s-]|$)")
+_RE_ENH_IN_TEXT: Final = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?![\d]|\.\d)")
+_RE_ENH_VALID: Final = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
+
+
+def parse_codes(
+    smtp_code: int | None, enhanced_code: str | None, text: str
+) -> tuple[int | None, str | None]:
+    """Fill a missing basic or enhanced code from the reply text (``550 5.1.1 ...``)."""
+    if smtp_code is None:
+        m = _RE_LEAD_CODE.match(text)
+        if m:
+            smtp_code = int(m.group(1))
+    if enhanced_code is None:
+        m2 = _RE_ENH_IN_TEXT.search(text, 0, 400)
+        if m2:
+            enhanced_code = m2.group(1)
+    elif not _RE_ENH_VALID.match(enhanced_code):
+        enhanced_code = None
+    return smtp_code, enhanced_code
+
+
+# --------------------------------------------------------------------------------------------
+# Rules
+# --------------------------------------------------------------------------------------------
+
+_RE_ID: Final = re.compile(r"^[A-Za-z0-9_.:-]+$")
+_RE_WORD: Final = re.compile(r"\w+")
+_RULE_KEYS: Final = frozenset(
+    {"id", "pattern", "reason", "class", "temp_class", "provider", "global", "codes", "source"}
+)
+_CODE_KEYS: Final = frozenset({"code", "reason", "class", "temp_class", "source"})
+_RE_CODE_KEY: Final = re.compile(r"^(?:[245X]\.\d{1,3}(?:\.\d{1,3})?|[245]\d\d|[245]xx)$")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One text rule (see docs/classification.md, "Rule files")."""
+
+    id: str
+    pattern: str
+    reason: str
+    cls: str
+    temp_cls: str
+    providers: frozenset[str] = frozenset()
+    is_global: bool = False
+    codes: tuple[str, ...] = ()
+    source: str = ""
+    user: bool = False
+    regex: re.Pattern[str] = field(default=re.compile(""), compare=False, repr=False)
+    #: top-level alternatives, each compiled alone with its index key (None: no key)
+    branches: tuple[tuple[re.Pattern[str], str | None, frozenset[str]], ...] = field(
+        default=(), compare=False, repr=False
+    )
+
+    @property
+    def anchors(self) -> tuple[str, ...] | None:
+        """Index keys of the rule; None when some alternative has none."""
+        keys = [k for _, k, _ in self.branches]
+        if not keys or any(k is None for k in keys):
+            return None
+        return tuple(dict.fromkeys(k for k in keys if k is not None))
+
+    def codes_ok(self, smtp: int | None, enh: str | None) -> bool:
+        if not self.codes:
+            return True
+        s = str(smtp) if smtp is not None else ""
+        e = enh or ""
+        return any((e and e.startswith(c)) or (s and s.startswith(c)) for c in self.codes)
+
+
+@dataclass(frozen=True, slots=True)
+class _CodeRule:
+    id: str
+    reason: str
+    cls: str
+
+
+def _split_top(pattern: str) -> list[str]:
+    """Split a pattern at its top-level ``|`` (outside groups, classes and escapes)."""
+    parts: list[str] = []
+    depth, i, last, n = 0, 0, 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "[":
+            j = i + 1
+            if j < n and pattern[j] == "^":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            while j < n and pattern[j] != "]":
+                j += 2 if pattern[j] == "\\" else 1
+            i = j + 1
+            continue
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth = max(0, depth - 1)
+        elif c == "|" and depth == 0:
+            parts.append(pattern[last:i])
+            last = i + 1
+        i += 1
+    parts.append(pattern[last:])
+    return parts
+
+
+_EDGE: Final = "\x00"  # stands for \b, \s, ^, $ inside a literal run: a word edge
+
+
+def _branch_keys(branch: str) -> tuple[str, ...]:
+    """Word keys every match of one alternative contains (see :func:`_anchors_of`)."""
+    runs: list[str] = []
+    cur: list[str] = []
+    i, n, depth = 0, len(branch), 0
+
+    def end_run() -> None:
+        if cur:
+            runs.append("".join(cur))
+            cur.clear()
+
+    while i < n:
+        c = branch[i]
+        if c == "\\" and i + 1 < n:
+            d = branch[i + 1]
+            if depth == 0:
+                if d in "bsW":
+                    cur.append(_EDGE)
+                elif not d.isalnum():
+                    cur.append(d.lower())
+                else:
+                    end_run()
+            i += 2
+            continue
+        if c == "(":
+            if depth == 0:
+                end_run()
+            depth += 1
+        elif c == ")":
+            depth = max(0, depth - 1)
+        elif depth > 0:
+            pass
+        elif c == "[":
+            end_run()
+            j = i + 1
+            if j < n and branch[j] == "^":
+                j += 1
+            if j < n and branch[j] == "]":
+                j += 1
+            while j < n and branch[j] != "]":
+                j += 2 if branch[j] == "\\" else 1
+            i = j
+        elif c in "?*{":
+            if cur:
+                cur.pop()
+            end_run()
+            if c == "{":
+                while i < n and branch[i] != "}":
+                    i += 1
+        elif c in "+.":
+            end_run()
+        elif c in "^$":
+            cur.append(_EDGE)
+        else:
+            cur.append(c.lower())
+        i += 1
+    end_run()
+    found: list[tuple[int, str]] = []
+    cjk: str | None = None
+    for run in runs:
+        text = run.replace(_EDGE, " ")
+        for m in _RE_WORD.finditer(text):
+            a, b, w = m.start(), m.end(), m.group(0)
+            if cjk is None:
+                c2 = _RE_CJK2.search(w)
+                if c2 is not None:
+                    cjk = _CJK_MARK + c2.group(0)
+            if a == 0:
+                continue  # not left-bounded: could be the tail of a longer word
+            if len(w) >= _KEY_LEN:
+                key = w[:_KEY_LEN]
+            elif len(w) == _KEY_LEN - 1 or b < len(text):
+                key = w  # three letters that may go on ("ofr" in "ofr006_102"), or a short word
+            else:
+                continue
+            found.append((len(w), key))
+    if not found:
+        return (cjk,) if cjk is not None else ()
+    found.sort(key=lambda t: -t[0])
+    return tuple(dict.fromkeys(k for _, k in found))
+
+
+def _branch_key(branch: str) -> str | None:
+    """The index key of one alternative (its most selective word key), or None."""
+    keys = _branch_keys(branch)
+    return keys[0] if keys else None
+
+
+_KEY_LEN: Final = 4
+_CJK_MARK: Final = "\x01"
+_RE_CJK2: Final = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f]{2}")
+
+
+def _text_keys(low: str) -> set[str]:
+    """Index keys present in a lower-cased text (see :func:`_anchors_of`)."""
+    keys = set(_RE_WORD_KEY.findall(low))
+    keys.update([k[:3] for k in keys if len(k) == _KEY_LEN])
+    if not low.isascii():
+        for run in _RE_CJK_RUN.findall(low):
+            keys.update(_CJK_MARK + run[i : i + 2] for i in range(len(run) - 1))
+    return keys
+
+
+_RE_WORD_KEY: Final = re.compile(r"\b\w{1,4}")
+_RE_CJK_RUN: Final = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f]{2,}")
+
+
+def _anchors_of(pattern: str) -> tuple[str, ...] | None:
+    """Index keys of a pattern: every match contains a word with one of these keys, or None.
+
+    The key of a word is its first four characters. A pattern
+    is read at top level: literal characters form runs; groups, classes, escapes other than
+    escaped punctuation, and quantifiers end a run (a quantifier also drops the character it
+    applies to). A word of a run qualifies when the run shows a word edge before it (a
+    non-word character, ``\\b``, ``\\s`` or ``^``): then every matching text has a word that
+    starts with it. A three-letter word keys by itself (the text offers the first three letters
+    of its longer words too); shorter words must show an edge after them. A
+    top-level alternation qualifies when every alternative does. A run of CJK characters (no
+    spaces between words) gives the key "\\x01" + its first two characters, and the text then
+    offers all its CJK bigrams. None means "always try".
+    """
+    keys: list[str] = []
+    for branch in _split_top(pattern):
+        k = _branch_key(branch)
+        if k is None:
+            return None
+        if k not in keys:
+            keys.append(k)
+    return tuple(keys)
+
+
+_MAX_BRANCHES: Final = 255
+
+
+_Branch = tuple[re.Pattern[str], str | None, frozenset[str]]
+
+
+def _branches_of(pattern: str) -> tuple[_Branch, ...]:
+    """Each top-level alternative compiled alone, with its index key and all required keys."""
+    parts = _split_top(pattern)
+    whole: tuple[_Branch, ...] = (
+        (re.compile(pattern, re.IGNORECASE | re.DOTALL), None, frozenset()),
+    )
+    if len(parts) > _MAX_BRANCHES:
+        return whole
+    out: list[_Branch] = []
+    for part in parts:
+        try:
+            rx = re.compile(part, re.IGNORECASE | re.DOTALL)
+        except re.error:  # e.g. a global inline flag in the first alternative only
+            return whole
+        keys = _branch_keys(part)
+        out.append((rx, keys[0] if keys else None, frozenset(keys)))
+    return tuple(out)
+
+
+def _check_class(value: Any, where: str, key: str) -> str:
+    if not isinstance(value, str) or value not in CLASS_CODE:
+        raise RuleError(f"{where}: {key} must be one of {', '.join(CLASSES)} (got {value!r})")
+    return value
+
+
+def _parse_rule(raw: Any, src: str, n: int, user: bool) -> Rule:
+    if not isinstance(raw, dict):
+        raise RuleError(f"{src}: rule #{n}: must be a table")
+    rid = raw.get("id")
+    if rid is None:
+        raise RuleError(f"{src}: rule #{n} (no id): missing field 'id'")
+    if not isinstance(rid, str) or not _RE_ID.match(rid):
+        raise RuleError(f"{src}: rule #{n}: bad id {rid!r} (letters, digits, _ . : - only)")
+    where = f"{src}: rule {rid!r}"
+    unknown = set(raw) - _RULE_KEYS
+    if unknown:
+        raise RuleError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    for key in ("pattern", "reason"):
+        if key not in raw:
+            raise RuleError(f"{where}: missing field {key!r}")
+    pattern = raw["pattern"]
+    if not isinstance(pattern, str) or not pattern.strip():
+        raise RuleError(f"{where}: pattern must be a non-empty string")
+    if "(?P<" in pattern:
+        raise RuleError(f"{where}: named groups are not allowed in patterns")
+    try:
+        regex = re.compile(pattern, re.IGNORECASE | re.DOTALL)
+    except re.error as exc:
+        raise RuleError(f"{where}: bad regex {pattern!r}: {exc}") from None
+    if regex.search(""):
+        raise RuleError(f"{where}: pattern {pattern!r} matches the empty string")
+    reason = raw["reason"]
+    if not isinstance(reason, str) or reason not in REASON_CODE:
+        raise RuleError(f"{where}: unknown reason {reason!r}")
+    perm_default, temp_default = DEFAULT_CLASS[reason]
+    if "class" in raw:
+        cls = _check_class(raw["class"], where, "class")
+        temp_default = cls
+    else:
+        cls = perm_default
+    temp_cls = (
+        _check_class(raw["temp_class"], where, "temp_class")
+        if "temp_class" in raw
+        else temp_default
+    )
+    prov = raw.get("provider", [])
+    if isinstance(prov, str):
+        prov = [prov]
+    if not isinstance(prov, list) or not all(isinstance(p, str) and p for p in prov):
+        raise RuleError(f"{where}: provider must be a string or a list of strings")
+    is_global = raw.get("global", False)
+    if not isinstance(is_global, bool):
+        raise RuleError(f"{where}: global must be true or false")
+    if is_global and not prov:
+        raise RuleError(f"{where}: global = true needs a provider")
+    codes = raw.get("codes", [])
+    if isinstance(codes, str | int):
+        codes = [codes]
+    if not isinstance(codes, list) or not all(isinstance(c, str | int) for c in codes):
+        raise RuleError(f"{where}: codes must be a list of code prefixes")
+    source = raw.get("source", "")
+    if not isinstance(source, str):
+        raise RuleError(f"{where}: source must be a string")
+    return Rule(
+        id=rid,
+        pattern=pattern,
+        reason=reason,
+        cls=cls,
+        temp_cls=temp_cls,
+        providers=frozenset(p.lower() for p in prov),
+        is_global=is_global,
+        codes=tuple(str(c) for c in codes),
+        source=source,
+        user=user,
+        regex=regex,
+        branches=_branches_of(pattern),
+    )
+
+
+def _parse_code(raw: Any, src: str, n: int) -> list[tuple[str, _CodeRule]]:
+    if not isinstance(raw, dict):
+        raise RuleError(f"{src}: code #{n}: must be a table")
+    key = raw.get("code")
+    if key is None:
+        raise RuleError(f"{src}: code #{n} (no code): missing field 'code'")
+    if not isinstance(key, str | int) or not _RE_CODE_KEY.match(str(key)):
+        raise RuleError(f"{src}: code #{n}: bad code {key!r} (e.g. '5.1.1', 'X.7.26', '550')")
+    key = str(key)
+    where = f"{src}: code {key!r}"
+    unknown = set(raw) - _CODE_KEYS
+    if unknown:
+        raise RuleError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    if "reason" not in raw:
+        raise RuleError(f"{where}: missing field 'reason'")
+    reason = raw["reason"]
+    if not isinstance(reason, str) or reason not in REASON_CODE:
+        raise RuleError(f"{where}: unknown reason {reason!r}")
+    perm_default, temp_default = DEFAULT_CLASS[reason]
+    cls = _check_class(raw["class"], where, "class") if "class" in raw else perm_default
+    if "class" in raw:
+        temp_default = cls
+    temp_cls = (
+        _check_class(raw["temp_class"], where, "temp_class")
+        if "temp_class" in raw
+        else temp_default
+    )
+    out: list[tuple[str, _CodeRule]] = []
+    keys = [key.replace("X", "4", 1), key.replace("X", "5", 1)] if key[0] == "X" else [key]
+    for k in keys:
+        temp = k[0] == "4"
+        prefix = "code." if "." not in k else "enh."
+        out.append((k, _CodeRule(prefix + k, reason, temp_cls if temp else cls)))
+    return out
+
+
+@dataclass(slots=True)
+class RuleFile:
+    path: str
+    rules: list[Rule]
+    codes: list[tuple[str, _CodeRule]]
+
+
+def load_rule_file(path: Path | str, *, user: bool = False, text: str | None = None) -> RuleFile:
+    """Parse and validate one rules file; raise :class:`RuleError` naming file and rule."""
+    src = str(path)
+    try:
+        if text is None:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        else:
+            data = tomllib.loads(text)
+    except OSError as exc:
+        raise RuleError(f"{src}: cannot read rules file: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RuleError(f"{src}: not valid TOML: {exc}") from None
+    unknown = set(data) - {"rule", "code", "meta"}
+    if unknown:
+        raise RuleError(f"{src}: unknown top-level key(s) {', '.join(sorted(unknown))}")
+    raw_rules = data.get("rule", [])
+    raw_codes = data.get("code", [])
+    if not isinstance(raw_rules, list) or not isinstance(raw_codes, list):
+        raise RuleError(f"{src}: 'rule' and 'code' must be arrays of tables ([[rule]], [[code]])")
+    rules = [_parse_rule(r, src, i + 1, user) for i, r in enumerate(raw_rules)]
+    codes: list[tuple[str, _CodeRule]] = []
+    for i, c in enumerate(raw_codes):
+        codes.extend(_parse_code(c, src, i + 1))
+    return RuleFile(src, rules, codes)
+
+
+def _default_files() -> list[RuleFile]:
+    pkg = resources.files("models.rules")
+    out = []
+    for entry in sorted(pkg.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".toml"):
+            out.append(load_rule_file(f"models/rules/{entry.name}", text=entry.read_text("utf-8")))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Classifier
+# --------------------------------------------------------------------------------------------
+
+
+_WHOLE: Final = 255
+#: (precedence order, compiled alternative, keys it needs, rule)
+_Entry = tuple[int, re.Pattern[str], frozenset[str], Rule]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """The text rules that apply for one (provider, operator), in precedence order."""
+
+    rules: tuple[Rule, ...]
+    index: dict[str, tuple[_Entry, ...]]
+    always: tuple[_Entry, ...]
+
+
+_Key = tuple[int | None, str | None, str, str | None, str | None]
+
+
+def _order(e: _Entry) -> int:
+    return e[0]
+
+
+class Classifier:
+    """Classify SMTP replies with the default rules plus user rule files (which win)."""
+
+    def __init__(self, rule_files: Sequence[Path] = (), *, cache_size: int = 65536) -> None:
+        defaults = _default_files()
+        users = [load_rule_file(p, user=True) for p in rule_files]
+        seen: dict[str, str] = {}
+        for rf in defaults:
+            for r in rf.rules:
+                if r.id in seen:
+                    raise RuleError(
+                        f"{rf.path}: rule {r.id!r}: duplicate id (also in {seen[r.id]})"
+                    )
+                seen[r.id] = rf.path
+        default_ids = set(seen)
+        user_seen: dict[str, str] = {}
+        for rf in users:
+            for r in rf.rules:
+                if r.id in user_seen:
+                    raise RuleError(
+                        f"{rf.path}: rule {r.id!r}: duplicate id (also in {user_seen[r.id]})"
+                    )
+                user_seen[r.id] = rf.path
+        overridden = set(user_seen) & default_ids
+        self._user_rules: tuple[Rule, ...] = tuple(r for rf in users for r in rf.rules)
+        self._default_rules: tuple[Rule, ...] = tuple(
+            r for rf in defaults for r in rf.rules if r.id not in overridden
+        )
+        self.codes: dict[str, _CodeRule] = {}
+        for rf in (*defaults, *users):  # later files (user files) override code entries
+            for k, cr in rf.codes:
+                self.codes[k] = cr
+        self.cache_size = max(0, cache_size)
+        self._cache: dict[_Key, Classification] = {}
+        self._raw_cache: dict[_Key, Classification] = {}
+        self._plans: dict[tuple[str | None, str | None], _Plan] = {}
+        self._results: dict[tuple[str, str, str], Classification] = {}
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return self._user_rules + self._default_rules
+
+    def classify(
+        self,
+        smtp_code: int | None,
+        enhanced_code: str | None,
+        text: str,
+        provider: str | None = None,
+        operator: str | None = None,
+    ) -> Classification:
+        key = (smtp_code, enhanced_code, text, provider, operator)
+        hit = self._raw_cache.get(key)
+        if hit is not None:
+            return hit
+        norm = normalize_reply(text)
+        nkey = (smtp_code, enhanced_code, norm, provider, operator)
+        res = self._cache.get(nkey)
+        if res is None:
+            res = self._decide(smtp_code, enhanced_code, norm, provider, operator)
+            self._store(self._cache, nkey, res)
+        self._store(self._raw_cache, key, res)
+        return res
+
+    def explain(
+        self,
+        smtp_code: int | None,
+        enhanced_code: str | None,
+        text: str,
+        provider: str | None = None,
+        operator: str | None = None,
+    ) -> tuple[Classification, str]:
+        """Classification plus the normalised evidence string (no cache)."""
+        norm = normalize_reply(text)
+        return self._decide(smtp_code, enhanced_code, norm, provider, operator), norm
+
+    def cache_info(self) -> dict[str, int]:
+        return {"normalised": len(self._cache), "raw": len(self._raw_cache)}
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _store(self, cache: dict[_Key, Classification], key: _Key, value: Classification) -> None:
+        if self.cache_size <= 0:
+            return
+        if len(cache) >= self.cache_size:
+            # drop the oldest eighth (dicts keep insertion order): amortised O(1)
+            for k in list(cache)[: max(1, self.cache_size // 8)]:
+                del cache[k]
+        cache[key] = value
+
+    def _result(self, reason: str, cls: str, rule: str) -> Classification:
+        k = (reason, cls, rule)
+        r = self._results.get(k)
+        if r is None:
+            r = Classification(reason, cls, rule, REASON_CODE[reason], CLASS_CODE[cls])
+            self._results[k] = r
+        return r
+
+    def _plan(self, provider: str | None, operator: str | None) -> _Plan:
+        pk = (provider, operator)
+        plan = self._plans.get(pk)
+        if plan is not None:
+            return plan
+        scope = {s.lower() for s in (provider, operator) if s}
+        ordered: list[Rule] = []
+        u = self._user_rules
+        d = self._default_rules
+        ordered += [r for r in u if r.providers and r.providers & scope]
+        ordered += [r for r in u if not r.providers or (r.is_global and not r.providers & scope)]
+        ordered += [r for r in d if r.providers and r.providers & scope]
+        ordered += [r for r in d if r.providers and r.is_global and not r.providers & scope]
+        ordered += [r for r in d if not r.providers]
+        index: dict[str, list[_Entry]] = {}
+        always: list[_Entry] = []
+        for i, r in enumerate(ordered):
+            if r.anchors is None:
+                always.append((i << 8 | _WHOLE, r.regex, frozenset(), r))
+            else:
+                for b, (rx, k, need) in enumerate(r.branches):
+                    index.setdefault(str(k), []).append((i << 8 | b, rx, need, r))
+        plan = _Plan(tuple(ordered), {k: tuple(v) for k, v in index.items()}, tuple(always))
+        if len(self._plans) > 4096:
+            self._plans.clear()
+        self._plans[pk] = plan
+        return plan
+
+    def _decide(
+        self,
+        smtp_code: int | None,
+        enhanced_code: str | None,
+        norm: str,
+        provider: str | None,
+        operator: str | None,
+    ) -> Classification:
+        smtp, enh = parse_codes(smtp_code, enhanced_code, norm)
+        if smtp is not None:
+            temp = 400 <= smtp < 500
+        elif enh is not None:
+            temp = enh[0] == "4"
+        else:
+            temp = False
+        low = norm.lower()
+        plan = self._plan(provider, operator)
+        tk = _text_keys(low)
+        idx = plan.index
+        cand: list[_Entry] = list(plan.always)
+        for w in idx.keys() & tk:
+            cand += idx[w]
+        cand.sort(key=_order)
+        skip: Rule | None = None
+        for _, rx, need, r in cand:
+            if r is skip or not need <= tk or rx.search(low) is None:
+                continue
+            if r.codes_ok(smtp, enh):
+                return self._result(r.reason, r.temp_cls if temp else r.cls, r.id)
+            skip = r
+        codes = self.codes
+        if enh is not None:
+            cr = codes.get(enh) or codes.get(enh[: enh.rindex(".")])
+            if cr is not None:
+                return self._result(cr.reason, cr.cls, cr.id)
+        if smtp is not None:
+            s = str(smtp)
+            cr = codes.get(s) or codes.get(s[0] + "xx")
+            if cr is not None:
+                return self._result(cr.reason, cr.cls, cr.id)
+        if temp:
+            return self._result("undefined", "transient", "default.temporary")
+        return self._result("undefined", "other", "default.undefined")

@@ -1,0 +1,479 @@
+"""Classifier tests: corpus accuracy, rule loading, precedence, normalisation, properties."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.classifier import (
+    DEFAULT_CLASS,
+    Classifier,
+    RuleError,
+    _anchors_of,
+    _text_keys,
+    load_rule_file,
+    normalize_reply,
+    parse_codes,
+)
+from models.schema import CLASS_CODE, CLASSES, REASON_CODE, REASONS
+
+CORPUS_DIR = Path(__file__).parent / "data" / "replies"
+
+
+def _corpus() -> list[dict[str, Any]]:
+    rows = []
+    for f in sorted(glob.glob(str(CORPUS_DIR / "*.jsonl"))):
+        with open(f, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    o = json.loads(line)
+                    o["_where"] = f"{os.path.basename(f)}:{n}"
+                    rows.append(o)
+    return rows
+
+
+CORPUS = _corpus()
+
+
+@pytest.fixture(scope="module")
+def clf() -> Classifier:
+    return Classifier()
+
+
+# ------------------------------------------------------------------------------------ corpus
+
+
+def test_corpus_is_well_formed() -> None:
+    assert len(CORPUS) >= 250
+    keys = {"smtp_code", "enhanced_code", "response", "expected_reason", "expected_class", "source"}
+    for o in CORPUS:
+        assert keys <= set(o), o["_where"]
+        assert o["expected_reason"] in REASON_CODE, o["_where"]
+        assert o["expected_class"] in CLASS_CODE, o["_where"]
+        assert o["source"].strip(), o["_where"]
+    ops = {o.get("provider") for o in CORPUS}
+    for p in ("google", "microsoft", "yahoo", "apple", "comcast", "att", "gmx", "orange",
+              "tonline", "mailru", "yandex", "qq", "mimecast", "proofpoint", "barracuda",
+              "cisco", "broadcom"):  # fmt: skip
+        assert p in ops, p
+    non_ascii = [o for o in CORPUS if not o["response"].isascii()]
+    assert len(non_ascii) >= 30
+
+
+def test_corpus_accuracy(clf: Classifier) -> None:
+    by_prov: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    by_reason: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    confusion: Counter[tuple[str, str]] = Counter()
+    wrong = []
+    for o in CORPUS:
+        p = o.get("provider")
+        r = clf.classify(o["smtp_code"], o["enhanced_code"], o["response"], p, p)
+        ok = r.reason == o["expected_reason"] and r.cls == o["expected_class"]
+        for table, key in ((by_prov, str(p)), (by_reason, o["expected_reason"])):
+            table[key][0] += ok
+            table[key][1] += 1
+        if not ok:
+            confusion[(f"{o['expected_reason']}/{o['expected_class']}", f"{r.reason}/{r.cls}")] += 1
+            wrong.append(f"{o['_where']}: {r.rule} -> {r.reason}/{r.cls} | {o['response'][:90]}")
+    total = sum(v[1] for v in by_prov.values())
+    acc = sum(v[0] for v in by_prov.values()) / total
+    print(f"\ncorpus accuracy {acc:.1%} of {total}")
+    for name, table in (("provider", by_prov), ("reason", by_reason)):
+        for k in sorted(table):
+            print(f"  {name} {k:16} {table[k][0]:4}/{table[k][1]:<4}")
+    print("confusion (expected -> got):", dict(confusion))
+    print("\n".join(wrong))
+    assert acc >= 0.95
+    for k, (ok, tot) in by_prov.items():
+        assert ok / tot >= 0.8, (k, ok, tot)
+
+
+def test_class_contract_for_detectors(clf: Classifier) -> None:
+    """The classes the detectors rely on (issue 3)."""
+    cases = [
+        (
+            421,
+            "4.7.28",
+            "421-4.7.28 Gmail has detected an unusual rate of unsolicited mail - gsmtp",
+            "google",
+            "throttle",
+        ),
+        (
+            421,
+            "4.7.0",
+            "421 4.7.0 [TSS04] Messages from 1.2.3.4 temporarily deferred due to unexpected volume or user complaints",
+            "yahoo",
+            "throttle",
+        ),
+        (
+            451,
+            "4.7.650",
+            "451 4.7.650 The mail server [1.2.3.4] has been temporarily rate limited due to IP reputation.",
+            "microsoft",
+            "throttle",
+        ),
+        (
+            421,
+            None,
+            "421 comcast 1.2.3.4 Rate limit exceeded http://postmaster.comcast.net/smtp-error-codes.php#RL000001",
+            "comcast",
+            "throttle",
+        ),
+        (
+            550,
+            "5.7.1",
+            "550 5.7.1 ... part of their network is on our block list (S3150)",
+            "microsoft",
+            "block",
+        ),
+        (
+            554,
+            "5.7.1",
+            "554 5.7.1 Service unavailable; Client host [1.2.3.4] blocked using zen.spamhaus.org",
+            None,
+            "block",
+        ),
+        (
+            550,
+            "5.7.515",
+            "550 5.7.515 Access denied, sending domain [x.com] doesn't meet the required authentication level.",
+            "microsoft",
+            "config",
+        ),
+        (
+            550,
+            "5.7.26",
+            "550-5.7.26 Unauthenticated email from x.com is not accepted due to domain's DMARC policy",
+            "google",
+            "config",
+        ),
+        (
+            421,
+            "4.7.27",
+            "421-4.7.27 Your email has been rate limited because SPF authentication didn't pass",
+            "google",
+            "config",
+        ),
+        (550, "5.1.1", "550 5.1.1 User unknown", "mimecast", "hard"),
+        (550, None, "550 Envelope blocked - User Entry", "mimecast", "block"),
+        (554, "5.7.1", "554 5.7.1 Blocked by policy", "proofpoint", "block"),
+        (None, None, "connect to mx.x.com[1.2.3.4]:25: Connection timed out", None, "transient"),
+        (451, "4.4.1", "451 4.4.1 No answer from host", None, "transient"),
+        (
+            450,
+            "4.2.0",
+            "450 4.2.0 <a@b.c>: Recipient address rejected: Greylisted",
+            None,
+            "transient",
+        ),
+    ]
+    for smtp, enh, text, prov, cls in cases:
+        r = clf.classify(smtp, enh, text, prov)
+        assert r.cls == cls, (text, r)
+    auth = clf.classify(550, "5.7.26", "550 5.7.26 x", None)
+    assert (auth.reason, auth.cls) == ("authfailure", "config")
+    grey = clf.classify(450, "4.2.0", "450 4.2.0 Greylisted, see http://postgrey", None)
+    assert grey.reason == "greylisting"
+
+
+def test_text_beats_misused_enhanced_code(clf: Classifier) -> None:
+    r = clf.classify(
+        550, "5.7.1", "550 5.7.1 messages from [1.2.3.4] weren't sent ... on our block list (S3150)"
+    )
+    assert (r.reason, r.rule) == ("blocked", "microsoft.blocklist_s3150")
+    r = clf.classify(550, "5.7.1", "550 5.7.1 Unable to relay")
+    assert r.reason == "norelaying"
+    # without text, the enhanced code decides; without both, the basic code
+    assert clf.classify(550, "5.1.1", "").rule == "enh.5.1.1"
+    assert clf.classify(550, "5.7.99", "").rule == "enh.5.7"
+    assert clf.classify(552, None, "").rule == "code.552"
+    assert clf.classify(599, None, "").rule == "code.5xx"
+    assert clf.classify(None, None, "").rule == "default.undefined"
+
+
+def test_provider_scoped_and_global_rules(clf: Classifier) -> None:
+    # scoped-only rule: fires for the provider, not for others
+    t = "421 4.3.0 Temporary System Problem. Try again later."
+    assert clf.classify(421, "4.3.0", t, "google").rule == "google.temporary_system"
+    assert clf.classify(421, "4.3.0", t, None).rule == "generic.systemerror"
+    # global provider rule fires without provider, and before generic rules
+    r = clf.classify(None, None, "554 5.7.1 [HME1] blocked for failing both SPF and DKIM")
+    assert r.rule == "apple.hme1_auth"
+    # operator scope works too
+    r = clf.classify(550, None, "550 Envelope blocked - User Entry", operator="mimecast")
+    assert r.rule == "mimecast.envelope_blocked"
+
+
+def test_temporary_class_of_rule(clf: Classifier) -> None:
+    t = "Our system has detected an unusual rate of unsolicited mail"
+    assert clf.classify(421, "4.7.28", "421 " + t).cls == "throttle"
+    assert clf.classify(550, "5.7.28", "550 " + t).cls == "block"
+    # enhanced code alone says temporary when no basic code
+    assert clf.classify(None, "4.7.28", t).cls == "throttle"
+    # hard reasons become soft on a 4xx
+    assert clf.classify(450, "4.1.1", "450 4.1.1 User unknown").cls == "soft"
+
+
+def test_codes_filter() -> None:
+    c = Classifier()
+    assert (
+        c.classify(550, "5.7.960", "550 5.7.960 Delivery not authorized, message refused").reason
+        == "policyviolation"
+    )
+    assert (
+        c.classify(550, "5.7.1", "550 5.7.1 Delivery not authorized, message refused").reason
+        == "rejected"
+    )
+
+
+def test_result_objects(clf: Classifier) -> None:
+    r = clf.classify(550, "5.1.1", "550 5.1.1 user unknown")
+    assert r.reason_code == REASON_CODE[r.reason] and r.class_code == CLASS_CODE[r.cls]
+    assert r.as_dict() == {"reason": "userunknown", "class": "hard", "rule": r.rule}
+    assert set(DEFAULT_CLASS) == set(REASONS)
+
+
+# ------------------------------------------------------------------------------ rule files
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (
+            '[[rule]]\nid = "x.bad"\npattern = "user (unknown"\nreason = "userunknown"\n',
+            "bad regex",
+        ),
+        ('[[rule]]\nid = "x.reason"\npattern = "foo"\nreason = "nosuchreason"\n', "unknown reason"),
+        ('[[rule]]\nid = "x.missing"\nreason = "userunknown"\n', "missing field 'pattern'"),
+        ('[[rule]]\npattern = "foo"\nreason = "userunknown"\n', "missing field 'id'"),
+        (
+            '[[rule]]\nid = "x.cls"\npattern = "foo"\nreason = "blocked"\nclass = "nope"\n',
+            "class must be",
+        ),
+        ('[[rule]]\nid = "x.empty"\npattern = "(?:x)?"\nreason = "blocked"\n', "empty string"),
+        (
+            '[[rule]]\nid = "x.key"\npattern = "foo"\nreason = "blocked"\nproviderr = "g"\n',
+            "unknown field",
+        ),
+        (
+            '[[rule]]\nid = "x.glob"\npattern = "foo"\nreason = "blocked"\nglobal = true\n',
+            "needs a provider",
+        ),
+        ('[[code]]\ncode = "5.9.9.9"\nreason = "blocked"\n', "bad code"),
+        ("[[rule]\n", "not valid TOML"),
+    ],
+)
+def test_rule_validation_names_file_and_rule(tmp_path: Path, body: str, needle: str) -> None:
+    p = _write(tmp_path, "user.toml", body)
+    with pytest.raises(RuleError) as ei:
+        Classifier([p])
+    msg = str(ei.value)
+    assert needle in msg
+    assert str(p) in msg
+    m = re.search(r'id = "([^"]+)"', body)
+    if m and needle != "not valid TOML":
+        assert m.group(1) in msg
+
+
+def test_duplicate_id(tmp_path: Path) -> None:
+    a = _write(tmp_path, "a.toml", '[[rule]]\nid = "dup"\npattern = "foo"\nreason = "blocked"\n')
+    b = _write(tmp_path, "b.toml", '[[rule]]\nid = "dup"\npattern = "bar"\nreason = "blocked"\n')
+    with pytest.raises(RuleError, match=r"b\.toml: rule 'dup': duplicate id \(also in .*a\.toml\)"):
+        Classifier([a, b])
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(RuleError, match="cannot read"):
+        Classifier([tmp_path / "nope.toml"])
+
+
+def test_default_rules_valid_and_indexed() -> None:
+    c = Classifier()
+    ids = [r.id for r in c.rules]
+    assert len(ids) == len(set(ids)) and len(ids) > 150
+    # every default rule can be indexed (no rule runs on every reply)
+    assert [r.id for r in c.rules if r.anchors is None] == []
+    # each provider named by the issue has rules
+    provs = {p for r in c.rules for p in r.providers}
+    for p in ("google", "microsoft", "yahoo", "apple", "comcast", "att", "gmx", "orange", "tonline",
+              "mailru", "yandex", "qq", "mimecast", "proofpoint", "barracuda", "cisco", "broadcom"):  # fmt: skip
+        assert p in provs, p
+
+
+def test_user_rules_take_precedence(tmp_path: Path) -> None:
+    text = "550 5.1.1 <a@b.c>: Recipient address rejected: User unknown in virtual mailbox table"
+    assert Classifier().classify(550, "5.1.1", text).reason == "userunknown"
+    p = _write(
+        tmp_path,
+        "mine.toml",
+        "[[rule]]\nid = \"mine.virtual\"\npattern = '\\bvirtual mailbox table'\n"
+        'reason = "filtered"\nclass = "other"\n'
+        '[[code]]\ncode = "5.1.1"\nreason = "hasmoved"\n',
+    )
+    c = Classifier([p])
+    r = c.classify(550, "5.1.1", text)
+    assert (r.reason, r.cls, r.rule) == ("filtered", "other", "mine.virtual")
+    assert c.classify(550, "5.1.1", "").rule == "enh.5.1.1"
+    assert c.classify(550, "5.1.1", "").reason == "hasmoved"  # user code table overrides
+    # a user rule with a default rule's id replaces it
+    q = _write(
+        tmp_path,
+        "over.toml",
+        '[[rule]]\nid = "google.rate_limit_4728"\npattern = \'\\bzzzq\'\nreason = "speeding"\n',
+    )
+    c2 = Classifier([q])
+    r2 = c2.classify(421, "4.7.28", "421 4.7.28 unusual rate of unsolicited mail")
+    assert r2.rule != "google.rate_limit_4728"
+    # user rule scoped to a provider only fires for that provider
+    s = _write(
+        tmp_path,
+        "scoped.toml",
+        '[[rule]]\nid = "mine.g"\nprovider = "google"\npattern = \'\\buser unknown\'\nreason = "suspend"\n',
+    )
+    c3 = Classifier([s])
+    assert c3.classify(550, "5.1.1", "550 5.1.1 user unknown", "google").rule == "mine.g"
+    assert c3.classify(550, "5.1.1", "550 5.1.1 user unknown", "yahoo").rule != "mine.g"
+
+
+def test_load_rule_file_direct() -> None:
+    rf = load_rule_file(
+        "inline.toml", text='[[rule]]\nid = "a"\npattern = "x y"\nreason = "blocked"\n'
+    )
+    assert rf.rules[0].id == "a" and rf.rules[0].cls == "block"
+
+
+# ---------------------------------------------------------------------------- normalisation
+
+
+def test_normalize_strips_variable_parts() -> None:
+    a = "550-5.1.1 <alice@example.com> no such user [192.0.2.1] id d75a77b69052e-4b0aac2d0c1si12345678qtb.123 at 2024-05-01T10:00:00Z"
+    b = "550-5.1.1 <bob.smith+x@example.org> no such user [198.51.100.200] id e12b3c4d5e6f7-1a2b3c4d5e6si87654321abc.456 at 2025-06-02T11:11:11Z"
+    na, nb = normalize_reply(a), normalize_reply(b)
+    assert na == nb
+    assert "@" not in na and "192.0.2.1" not in na and "2024" not in na
+    assert "<addr>" in na and "<ip>" in na and "<id>" in na and "<time>" in na
+    assert normalize_reply("x [BN8NAM12FT045.eop-nam12.prod.protection.outlook.com]") == (
+        "x [<host>.protection.outlook.com]"
+    )
+    assert normalize_reply("  a \n\t b  ") == "a b"
+    assert normalize_reply("ip [2a01:111:f200:2004::240]") == "ip [<ip>]"
+    # codes that carry meaning survive
+    for keep in ("[TSS04]", "RL000001", "OFR006_102", "4.7.28", "(S3150)", "LPN007_420"):
+        assert keep in normalize_reply(f"x {keep} y")
+
+
+def test_repeated_replies_share_cache_key() -> None:
+    c = Classifier()
+    t = "550 5.1.1 <{}@example.com>: Recipient address rejected: User unknown [{}]"
+    for i in range(50):
+        c.classify(550, "5.1.1", t.format(f"user{i}", f"10.0.0.{i}"))
+    info = c.cache_info()
+    assert info["normalised"] == 1
+    assert info["raw"] == 50
+    # a raw-cache hit returns the identical object
+    x = c.classify(550, "5.1.1", t.format("user1", "10.0.0.1"))
+    assert x is c.classify(550, "5.1.1", t.format("user1", "10.0.0.1"))
+
+
+def test_cache_is_bounded() -> None:
+    c = Classifier(cache_size=64)
+    for i in range(1000):
+        c.classify(550, None, f"550 unique reply number {i} foo{i}bar")
+    assert c.cache_info()["normalised"] <= 64 and c.cache_info()["raw"] <= 64
+    c0 = Classifier(cache_size=0)
+    c0.classify(550, None, "x")
+    assert c0.cache_info() == {"normalised": 0, "raw": 0}
+
+
+def test_parse_codes() -> None:
+    assert parse_codes(None, None, "550-5.1.1 foo") == (550, "5.1.1")
+    assert parse_codes(None, None, "421 4.7.0 [TSS04] ... 4.16.55.1") == (421, "4.7.0")
+    assert parse_codes(None, None, "Invalid recipient 550 (#5.1.1)") == (None, "5.1.1")
+    assert parse_codes(None, None, "deferred - 4.16.55.1") == (None, None)
+    assert parse_codes(550, "nonsense", "x") == (550, None)
+
+
+ADDR = re.compile(r"\S+@\S+")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300))
+def test_normalize_properties(text: str) -> None:
+    n = normalize_reply(text)
+    assert not ADDR.search(n)
+    assert "@" not in n
+    assert normalize_reply(n) == n
+    assert len(n) <= 1000
+
+
+ATOMS = st.sampled_from(
+    ["user", "unknown", "550", "5.1.1", "<a@b.c>", "192.0.2.1", "[mx.example.com]", "spam",
+     "rate", "limited", ":", "-", "2024-01-01T00:00:00Z", "deadbeef0123456789", "::1", "a::b:c",
+     "gsmtp", "[TSS04]", "@", "x@", "@y", "用户不存在", "Пользователь", " ", "\t", "(", ")"]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(ATOMS, max_size=25).map("".join))
+def test_normalize_properties_on_reply_like_text(text: str) -> None:
+    n = normalize_reply(text)
+    assert "@" not in n
+    assert normalize_reply(n) == n
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(st.none(), st.integers(200, 599)),
+    st.one_of(st.none(), st.from_regex(r"\A[245]\.\d{1,3}\.\d{1,3}\Z"), st.text(max_size=8)),
+    st.text(max_size=200),
+    st.one_of(st.none(), st.sampled_from(["google", "microsoft", "mimecast", "other", "x"])),
+)
+def test_classify_always_valid(
+    smtp: int | None, enh: str | None, text: str, prov: str | None
+) -> None:
+    c = _SHARED
+    r = c.classify(smtp, enh, text, prov)
+    assert r.reason in REASONS and r.cls in CLASSES
+    assert r.rule
+    assert r == c.classify(smtp, enh, text, prov)
+
+
+_SHARED = Classifier(cache_size=1024)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(CORPUS), st.integers(0, 10_000))
+def test_index_is_sound(row: dict[str, Any], salt: int) -> None:
+    """If a rule's regex matches a text, the anchor index offers that rule (no false skips)."""
+    low = normalize_reply(f"{row['response']} ref{salt}").lower()
+    keys = _text_keys(low)
+    for r in _SHARED.rules:
+        for rx, k, need in r.branches:
+            if rx.search(low) is not None:
+                assert k is None or k in keys, (r.id, rx.pattern, low)
+                assert need <= keys, (r.id, rx.pattern, low)
+
+
+def test_anchor_extraction() -> None:
+    assert _anchors_of(r"\bgreylist") == ("grey",)
+    assert _anchors_of(r"greylist") is None  # not left-bounded
+    assert _anchors_of(r"\bspf\b|\bdkim\b") == ("spf", "dkim")
+    assert _anchors_of(r"\bfoo|bar") is None
+    assert _anchors_of(r"\bmailbox (?:is )?full") == ("mail",)
+    assert _anchors_of(r"\bofr\w*[_-]104\b") == ("ofr",)
+    assert _anchors_of("用户不存在") == ("\x01用户",)
