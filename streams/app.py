@@ -2,17 +2,23 @@
 
 Data flow (docs/architecture.md):
 
-  mail.events --(ingest agent, one Pipeline per input partition)--> in-memory numpy columns
+  mail.events --(ingest task: aiokafka getmany batches, one Pipeline per input partition)-->
+      in-memory numpy columns
       --(tick timer: Pipeline.flush -> Deltas, split by scope owner)--> repmon.rollup
-      --(rollup agent: dedupe by (source, seq), Monitor.add)--> rolling state
+      --(then: commit the input offsets those Deltas cover)
+  repmon.rollup --(rollup agent: dedupe by (source, seq), Monitor.add)--> rolling state
       --(tick timer: Monitor.advance(min source watermark))--> repmon.incidents, /status, /metrics
 
-No Faust table is written per event: counts live in numpy arrays and leave the process once per
-tick as one compact message per rollup partition.
+The high-volume input is read in batches by an aiokafka consumer that the Faust app runs as a
+task: Faust's per-event stream machinery costs several event-loop turns per message, more than
+all of repmon's per-event work (docs/performance.md). Input offsets are committed only after the
+deltas that count those events have been acknowledged by Kafka, so a crash can re-count at most
+one tick of events but never lose one. No Faust table is written per event.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import os
@@ -27,6 +33,8 @@ import faust
 import msgspec
 import numpy as np
 import orjson
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from models.classifier import Classifier
@@ -129,11 +137,14 @@ class WorkerState:
     pipelines: dict[int, Pipeline] = field(default_factory=dict)
     seq: dict[int, int] = field(default_factory=dict)
     last_sent_wm: dict[int, float] = field(default_factory=dict)
-    last_seen_seq: dict[str, int] = field(default_factory=dict)
+    seen_seqs: dict[str, set[int]] = field(default_factory=dict)
     source_wm: dict[str, tuple[float, float]] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
     ticks: int = 0
     rollup_partitions: int = 0
+    consumer: AIOKafkaConsumer | None = None
+    #: next offset to commit per input partition (last fed + 1)
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
 
     def pipeline(self, partition: int) -> Pipeline:
         p = self.pipelines.get(partition)
@@ -147,6 +158,17 @@ class WorkerState:
             )
             self.pipelines[partition] = p
         return p
+
+    def remember(self, src: str, seq: int) -> bool:
+        """Record a delta's (source, seq); False when it was seen already (a redelivery)."""
+        seen = self.seen_seqs.setdefault(src, set())
+        if seq in seen:
+            return False
+        seen.add(seq)
+        if len(seen) > 8192:  # keep the newest half: redeliveries are recent
+            cut = sorted(seen)[len(seen) // 2]
+            self.seen_seqs[src] = {x for x in seen if x >= cut}
+        return True
 
     def watermark(self) -> float:
         """Event-time watermark of the rolling state: the slowest active source."""
@@ -201,35 +223,76 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         monitor=Monitor(),
         rollup_partitions=settings.topic_partitions,
     )
-    events_topic = app.topic(
-        settings.topic_events, value_type=bytes, key_type=bytes, value_serializer="raw"
-    )
     dlq_topic = app.topic(settings.topic_dlq, value_type=bytes, value_serializer="raw")
     rollup_topic = app.topic(settings.topic_rollup, value_type=bytes, value_serializer="raw")
     incidents_topic = app.topic(settings.topic_incidents, value_type=bytes, value_serializer="raw")
     m = state.metrics
 
-    @app.agent(events_topic, name="repmon.ingest")
-    async def ingest(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            msg = event.message
-            value = event.value
-            if not isinstance(value, bytes | bytearray):
-                value = b"" if value is None else bytes(str(value), "utf-8")
-            rej = state.pipeline(msg.partition).feed(value)
-            if rej is not None:
-                await dlq_topic.send(
-                    key=msg.key,
-                    value=dlq_record(rej, bytes(value), msg.topic, msg.partition, msg.offset),
-                )
-                log.warning(
-                    "dead-lettered %s[%d]@%d: %s (%s)",
-                    msg.topic,
-                    msg.partition,
-                    msg.offset,
-                    rej.reason,
-                    rej.detail,
-                )
+    async def dead_letter(rej: Rejection, value: bytes, rec: Any) -> None:
+        await dlq_topic.send(
+            key=rec.key, value=dlq_record(rej, value, rec.topic, rec.partition, rec.offset)
+        )
+        log.warning(
+            "dead-lettered %s[%d]@%d: %s (%s)",
+            rec.topic,
+            rec.partition,
+            rec.offset,
+            rej.reason,
+            rej.detail,
+        )
+
+    class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            # hand the partitions over with everything counted so far sent and committed
+            await flush_and_commit()
+            for tp in revoked:
+                state.pipelines.pop(tp.partition, None)
+                state.offsets.pop(tp, None)
+
+        async def on_partitions_assigned(self, assigned: Any) -> None:
+            log.info("ingest partitions assigned: %s", sorted(tp.partition for tp in assigned))
+
+    @app.task
+    async def ingest() -> None:
+        while True:
+            try:
+                await ingest_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                m.ingest_restarts.inc()
+                log.exception("ingest consumer failed; restarting in 1 s")
+                await asyncio.sleep(1.0)
+
+    async def ingest_once() -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=f"{settings.app_id}.ingest",
+            client_id=state.instance,
+            enable_auto_commit=False,
+            auto_offset_reset=settings.auto_offset_reset,
+            max_partition_fetch_bytes=8 << 20,
+            fetch_max_bytes=64 << 20,
+        )
+        consumer.subscribe([settings.topic_events], listener=Rebalance())
+        await consumer.start()
+        state.consumer = consumer
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
+                for tp, recs in batch.items():
+                    if not recs:
+                        continue
+                    feed = state.pipeline(tp.partition).feed
+                    for rec in recs:
+                        value = rec.value if rec.value is not None else b""
+                        rej = feed(value)
+                        if rej is not None:
+                            await dead_letter(rej, value, rec)
+                    state.offsets[tp] = recs[-1].offset + 1
+        finally:
+            state.consumer = None
+            await consumer.stop()
 
     @app.agent(rollup_topic, name="repmon.rollup")
     async def rollup(stream: faust.StreamT[bytes]) -> None:
@@ -240,23 +303,32 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
                 m.rollup_bad.inc()
                 log.error("undecodable rollup message dropped: %s", exc)
                 continue
-            if seq <= state.last_seen_seq.get(src, -1):
+            if not state.remember(src, seq):
                 m.rollup_duplicates.inc()
                 continue
-            state.last_seen_seq[src] = seq
             state.source_wm[src] = (d.watermark, time.monotonic())
             if len(d):
                 state.monitor.add(d)
             m.rollup_messages.inc()
 
-    @app.timer(interval=settings.tick_s)
-    async def tick() -> None:
-        t0 = time.perf_counter()
-        state.ticks += 1
+    flush_lock = asyncio.Lock()
+
+    async def flush_and_commit() -> None:
+        """Flush every pipeline, send its deltas, wait for Kafka's acks, commit the offsets."""
+        async with flush_lock:
+            await _flush_and_commit()
+
+    async def _flush_and_commit() -> None:
+        # no await between the offset snapshot and the flushes: they cover the same events
+        offsets = dict(state.offsets)
+        flushed = []
         for part, pipe in list(state.pipelines.items()):
             pending = pipe.pending()
             d = pipe.flush()
             m.observe_pipeline(part, pipe, d)
+            flushed.append((part, pending, d))
+        acks = []
+        for part, pending, d in flushed:
             wm_moved = d.watermark != state.last_sent_wm.get(part)
             if not pending and not (wm_moved or state.ticks % 5 == 0):
                 continue
@@ -270,10 +342,33 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
                     dd.watermark = d.watermark
                 seq = state.seq.get(part, 0)
                 state.seq[part] = seq + 1
-                await rollup_topic.send(
-                    key=str(owner).encode(), value=encode_deltas(dd, src, seq), partition=owner
+                acks.append(
+                    await rollup_topic.send(
+                        key=str(owner).encode(), value=encode_deltas(dd, src, seq), partition=owner
+                    )
                 )
             state.last_sent_wm[part] = d.watermark
+        for ack in acks:
+            await ack
+        consumer = state.consumer
+        if consumer is not None and offsets:
+            mine = consumer.assignment()
+            todo = {tp: off for tp, off in offsets.items() if tp in mine}
+            try:
+                if todo:
+                    await consumer.commit(todo)
+            except (CommitFailedError, KafkaError) as exc:
+                log.warning("offset commit failed (a rebalance?): %s", exc)
+            for tp in mine:
+                hw = consumer.highwater(tp)
+                if hw is not None:
+                    m.consumer_lag.labels(str(tp.partition)).set(max(0, hw - offsets.get(tp, hw)))
+
+    @app.timer(interval=settings.tick_s)
+    async def tick() -> None:
+        t0 = time.perf_counter()
+        state.ticks += 1
+        await flush_and_commit()
         wm = state.watermark()
         if wm > 0:
             for change in state.monitor.advance(wm):

@@ -88,6 +88,12 @@ class Metrics:
             "Wall-clock time minus the newest event time ingested by this worker.",
             registry=r,
         )
+        self.consumer_lag = Gauge(
+            "repmon_consumer_lag_messages",
+            "Messages of the input topic not yet ingested, per assigned input partition.",
+            ["partition"],
+            registry=r,
+        )
         self.watermark = Gauge(
             "repmon_watermark_timestamp_seconds",
             "Event-time watermark of the rolling state (slowest active source).",
@@ -105,6 +111,11 @@ class Metrics:
         self.rollup_duplicates = Counter(
             "repmon_rollup_duplicates_total",
             "Delta messages dropped as redeliveries (same source and sequence).",
+            registry=r,
+        )
+        self.ingest_restarts = Counter(
+            "repmon_ingest_restarts_total",
+            "Times the input consumer failed and was restarted.",
             registry=r,
         )
         self.rollup_bad = Counter(
