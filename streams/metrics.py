@@ -183,15 +183,16 @@ class Metrics:
         self.late_dropped.set(mm.get("late_dropped", 0))
         for typ, n in mm.get("incidents_open", {}).items():
             self.incidents_open.labels(typ).set(n)
-        for provider, rates in mm.get("provider_rates", {}).items():
-            label = self.provider_label(provider)
+        rows = monitor.status(top=len(self.providers)).get("scopes", {}).get("provider", [])
+        for row in rows:
+            label = self.provider_label(str(row.get("scope", "")).partition(":")[2])
+            m15 = row.get("m15", {})
+            rates = m15.get("rates", {})
             for rate in PROVIDER_RATES:
                 v = rates.get(rate)
                 if v is not None and np.isfinite(v):
                     self.provider_rate.labels(label, rate).set(float(v))
-            vol = rates.get("attempts")
-            if vol is not None:
-                self.provider_volume.labels(label).set(float(vol))
+            self.provider_volume.labels(label).set(float(m15.get("counts", {}).get("attempts", 0)))
 
     def incident_change(self, rec: dict[str, Any]) -> None:
         if rec.get("action") == "opened":

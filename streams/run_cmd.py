@@ -56,17 +56,18 @@ def render(status: dict[str, Any] | None, metrics_url: str) -> Group:
     info = Text(
         f"accepted {ing.get('accepted', 0):,}  rejected {sum(ing.get('rejected', {}).values()):,}"
         f"  event time {time.strftime('%Y-%m-%d %H:%M', time.gmtime(wm)) if wm else '-'} UTC"
-        f"  (lag {lag / 60:.0f} min)  partitions {ing.get('partitions', [])}"
+        f"  ({lag / 60:.0f} min behind the wall clock)  partitions {ing.get('partitions', [])}"
     )
     mon = status.get("monitor", {})
     prov = Table(title="providers (last 15 min)", expand=False)
     for col in ("provider", "attempts", "delivery", "deferral", "bounce", "block", "complaint"):
         prov.add_column(col, justify="right" if col != "provider" else "left")
     for row in (mon.get("scopes", {}).get("provider") or [])[:10]:
-        r = row.get("rates_15m", row.get("rates", {}))
+        m15 = row.get("m15", {})
+        r = m15.get("rates", {})
         prov.add_row(
             str(row.get("scope", "")).removeprefix("provider:"),
-            f"{int(row.get('attempts_15m', row.get('volume', 0)) or 0):,}",
+            f"{int(m15.get('counts', {}).get('attempts', 0)):,}",
             _fmt_pct(r.get("delivery")),
             _fmt_pct(r.get("deferral")),
             _fmt_pct(r.get("bounce")),
@@ -76,7 +77,7 @@ def render(status: dict[str, Any] | None, metrics_url: str) -> Group:
     inc = Table(title="open incidents", expand=False)
     for col in ("type", "scope", "severity", "opened (UTC)"):
         inc.add_column(col)
-    for i in mon.get("incidents", [])[:15]:
+    for i in mon.get("open_incidents", [])[:15]:
         inc.add_row(
             str(i.get("type")),
             str(i.get("scope")),
@@ -135,7 +136,13 @@ def register(app: typer.Typer) -> None:
         env.setdefault("REPMON_PYTHON", sys.executable)
         logs = REPO / "var" / "log"
         started_broker = False
-        if "REPMON_KAFKA_BOOTSTRAP" not in os.environ:
+        already = subprocess.call(
+            [str(LOCAL_KAFKA), "status"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        if "REPMON_KAFKA_BOOTSTRAP" not in os.environ and already != 0:
             console.print("starting the local Kafka broker (deploy/kafka/local-kafka) ...")
             rc = subprocess.call([str(LOCAL_KAFKA), "start"], env=env)
             if rc != 0:
