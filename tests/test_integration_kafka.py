@@ -229,3 +229,49 @@ def test_counts_dlq_and_survival(worker: WorkerProc, kafka_bootstrap: str) -> No
     assert orjson.loads(worker.get("/healthz"))["status"] == "ok"
     leaked = re.findall(r"[\w.+-]+@[\w-]+\.[\w.-]+", worker.log_path.read_text(errors="replace"))
     assert not leaked, f"recipient addresses leaked into the worker log: {leaked[:3]}"
+
+
+def test_worker_detects_a_simulated_outage(worker: WorkerProc, kafka_bootstrap: str) -> None:
+    """Simulator -> Kafka -> worker: the detectors run per tick and publish the incident."""
+    from models.simulation import SimConfig, Simulator
+
+    worker.start()
+    start = time.time() - 4 * 3600
+    sim = Simulator(
+        SimConfig(seed=3, start=start, duration_s=2 * 3600, rate=15.0, scenario="provider-outage")
+    )
+    truth = sim.truth[0]
+    evs = [e for chunk in sim.chunks(600.0) for e in chunk]
+    produce(
+        kafka_bootstrap,
+        worker.topics["events"],
+        [orjson.dumps(e) for e in evs],
+        [str(e["recipient_domain"]).encode() for e in evs],
+    )
+    consumer = KafkaConsumer(
+        worker.topics["incidents"],
+        bootstrap_servers=kafka_bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=2000,
+    )
+    found: list[dict[str, object]] = []
+
+    def opened() -> bool | int:
+        found.extend(orjson.loads(m.value) for m in consumer)
+        hits = [
+            r
+            for r in found
+            if r["action"] == "opened" and r["type"] == truth.type and r["scope"] in truth.scopes
+        ]
+        return True if hits else len(found)
+
+    try:
+        wait_for(opened, 120, f"{truth.type} at {truth.scopes} on the incidents topic", worker)
+    finally:
+        consumer.close()
+    hit = next(r for r in found if r["action"] == "opened" and r["scope"] in truth.scopes)
+    assert truth.onset <= float(hit["opened_at"]) <= truth.onset + 600  # type: ignore[arg-type]
+    status = orjson.loads(worker.get("/status"))
+    assert status["monitor"]["active_scopes"] > 0
+    text = worker.get("/metrics").decode()
+    assert 'repmon_incidents_opened_total{type="provider_outage"}' in text
