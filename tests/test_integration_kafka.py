@@ -16,6 +16,7 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
+from models.schema import EVENT_KINDS
 from tests.conftest import WorkerProc
 
 pytestmark = pytest.mark.kafka
@@ -51,17 +52,7 @@ REPLIES = {
 
 def good_events(n: int, seed: int) -> list[dict[str, object]]:
     rng = random.Random(seed)
-    kinds = [
-        "sent",
-        "delivered",
-        "deferred",
-        "bounced",
-        "complained",
-        "rejected",
-        "opened",
-        "clicked",
-        "unsubscribed",
-    ]
+    kinds = list(EVENT_KINDS)
     weights = [40, 38, 6, 3, 1, 1, 6, 3, 2]
     out = []
     for i in range(n):
