@@ -1,7 +1,9 @@
 """Classifier throughput on this machine: repeated (cached) and unique (uncached) replies.
 
 Run from the repository root: ``.venv/bin/python bench/classify.py``. Targets (issue 3):
->= 500,000 classifications/s for repeated replies, >= 20,000/s for unique replies.
+>= 500,000 classifications/s for repeated replies, >= 20,000/s for unique replies, i.e. replies
+never seen before: the figure that counts is "uncached" (every call normalises and runs the
+rules; caches disabled, which is the same work as texts that are distinct after normalisation).
 Also prints the corpus accuracy per provider and per reason (tests/data/replies/*.jsonl), the
 table pasted into docs/classification.md.
 """
@@ -67,11 +69,28 @@ def bench(n_unique: int, n_repeated: int) -> dict[str, float]:
         c.classify(s, e, t, p, p)  # type: ignore[arg-type]
     out["unique_raw_cache_cold"] = n_unique / (time.perf_counter() - t0)
 
+    # issue 3's figure: replies never seen before. Every text is distinct even after
+    # normalisation (a serial number survives it) and all caches are disabled, so every call
+    # normalises and runs the rules. The per-provider rule plans are built first, as in a
+    # running service.
+    distinct = [(s, e, f"{t} serial{i}", p) for i, (s, e, t, p) in enumerate(uniq)]
     c0 = Classifier(cache_size=0)
+    for s, e, t, p in inputs:
+        c0.classify(s, e, t, p, p)  # type: ignore[arg-type]
     t0 = time.perf_counter()
-    for s, e, t, p in uniq:
+    for s, e, t, p in distinct:
         c0.classify(s, e, t, p, p)  # type: ignore[arg-type]
     out["unique_no_cache"] = n_unique / (time.perf_counter() - t0)
+
+    # the same texts with the caches on: every lookup misses and both caches grow, so this
+    # adds the cost of hashing and storing the keys to the uncached work
+    cd = Classifier()
+    for s, e, t, p in inputs:
+        cd.classify(s, e, t, p, p)  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    for s, e, t, p in distinct:
+        cd.classify(s, e, t, p, p)  # type: ignore[arg-type]
+    out["distinct_normalised"] = n_unique / (time.perf_counter() - t0)
 
     t0 = time.perf_counter()
     for _, _, t, _ in uniq:
@@ -143,10 +162,17 @@ def main() -> None:
         f"target {TARGET_UNIQUE:,}/s  ratio {r['unique_raw_cache_cold'] / TARGET_UNIQUE:.2f}"
     )
     print(
-        f"unique replies (cache disabled):   {r['unique_no_cache']:>12,.0f}/s  "
-        f"target {TARGET_UNIQUE:,}/s  ratio {r['unique_no_cache'] / TARGET_UNIQUE:.2f}"
+        f"distinct texts, caches on (misses):{r['distinct_normalised']:>12,.0f}/s  "
+        f"target {TARGET_UNIQUE:,}/s  ratio {r['distinct_normalised'] / TARGET_UNIQUE:.2f}"
     )
     print(f"normalize_reply alone:             {r['normalize_only']:>12,.0f}/s")
+    print(
+        f"UNCACHED: distinct after normalisation, caches disabled (issue 3 target):\n"
+        f"                                   {r['unique_no_cache']:>12,.0f}/s  "
+        f"target {TARGET_UNIQUE:,}/s  ratio {r['unique_no_cache'] / TARGET_UNIQUE:.2f}"
+    )
+    if hasattr(os, "getloadavg"):
+        print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if a.no_accuracy:
         return
     acc, prov, reason, conf = accuracy()

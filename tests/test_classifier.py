@@ -477,3 +477,104 @@ def test_anchor_extraction() -> None:
     assert _anchors_of(r"\bmailbox (?:is )?full") == ("mail",)
     assert _anchors_of(r"\bofr\w*[_-]104\b") == ("ofr",)
     assert _anchors_of("用户不存在") == ("\x01用户",)
+
+
+# ------------------------------------------------------------- fast paths == reference forms
+
+#: _RE_VARIABLE as it was before the guard look-ahead and the possessive addr run were added
+_REF_VARIABLE = re.compile(
+    r"(?<![^\s<>()\[\]{}\"',;=&?/:|])(?:"
+    r"(?P<addr><?[^\s<>()\[\]{}\"',;:@]*@[^\s<>()\[\]{}\"',;:]*>?)"
+    r"|(?P<host>\[(?:[a-z0-9_-]+\.)+[a-z0-9_-]+\.[a-z0-9-]*[a-z][a-z0-9-]*\])"
+    r"|(?P<time>\d{4}-\d\d-\d\d(?:[t ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?(?:z|[+-]\d\d:?\d\d)?)?"
+    r"|\d{1,2}:\d\d:\d\d(?:[.,]\d+)?)"
+    r"|(?P<ip4>\d{1,3}(?:\.\d{1,3}){3})(?![\w])"
+    r"|(?P<ip6>(?:[0-9a-f]{0,4}:){2,7}[0-9a-f]{0,4})(?![\w:])"
+    r"|(?P<id>(?=[\w+/=.-]{16})(?=[a-z_+/=.-]*\d)[\w+/=.-]+"
+    r"|(?=[a-f]*\d)(?=\d*[a-f])[0-9a-f]{10,}(?![\w])"
+    r"|\d{10,}(?![\w]))"
+    r")",
+    re.I,
+)
+_REF_ENH = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?![\d]|\.\d)")
+_REF_WORD_KEY = re.compile(r"\b\w{1,4}")
+
+FAST_ATOMS = st.sampled_from(
+    ["user", "550", "5.1.1", "4.7.28", "1.5.5.1", "<a@b.c>", "x@y", "@", "192.0.2.1", "::1",
+     "fe80::1:2", "a::b:c", "[mx.example.com]", "[10.0.0.1]", "2024-01-01T00:00:00Z",
+     "2024-01-01 12:00:00", "12:00:00", "deadbeef0123456789", "12345678901", "abcdef01234",
+     "QUEUEID0123456789ab", "https://x.example/a?b=c&d=1", "id=", ":", "/", "=", "&", "?", "|",
+     "-", ".", "<", ">", "[", "]", "(", ")", " ", "  ", "\t", "\n", "\xa0", "用户", "Пользователь",
+     "ſ", "K", "İ", "٣", "_", "x"]
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.lists(FAST_ATOMS, max_size=30).map("".join), st.text(max_size=200)))
+def test_guarded_variable_pattern_matches_reference(text: str) -> None:
+    """The guard look-ahead and the possessive addr run change no match of _RE_VARIABLE."""
+    from models.classifier import _RE_VARIABLE
+
+    got = [(m.span(), m.lastgroup) for m in _RE_VARIABLE.finditer(text)]
+    assert got == [(m.span(), m.lastgroup) for m in _REF_VARIABLE.finditer(text)]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.lists(FAST_ATOMS, max_size=30).map("".join), st.text("245.1 0x", max_size=40)))
+def test_enhanced_code_pattern_matches_reference(text: str) -> None:
+    from models.classifier import _RE_ENH_IN_TEXT
+
+    for a, b in ((0, 400), (0, len(text)), (0, 7)):
+        m1, m2 = _RE_ENH_IN_TEXT.search(text, a, b), _REF_ENH.search(text, a, b)
+        assert (m1 and (m1.span(), m1.group(1))) == (m2 and (m2.span(), m2.group(1)))
+
+
+def _ref_text_keys(low: str) -> set[str]:
+    keys = set(_REF_WORD_KEY.findall(low))
+    keys.update([k[:3] for k in keys if len(k) == 4])
+    return keys
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.lists(FAST_ATOMS, max_size=30).map("".join), st.text(max_size=200)))
+def test_text_keys_fast_path_matches_reference(text: str) -> None:
+    low = text.lower()
+    keys = _text_keys(low)
+    ref = _ref_text_keys(low)
+    if low.isascii():
+        assert keys == ref
+    else:
+        assert {k for k in keys if not k.startswith("\x01")} == ref
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(CORPUS), st.integers(0, 10_000), st.sampled_from([None, "google", "x"]))
+def test_indexed_decision_matches_plain_rule_scan(
+    row: dict[str, Any], salt: int, prov: str | None
+) -> None:
+    """The bit-set index, rare-key choice and literal-prefix skip decide like a plain scan."""
+    c = _SHARED
+    text = f"{row['response']} ref{salt} <u{salt}@example.org>"
+    got = c.explain(row["smtp_code"], row["enhanced_code"], text, prov, prov)[0]
+    norm = normalize_reply(text)
+    low = norm.lower()
+    smtp, enh = parse_codes(row["smtp_code"], row["enhanced_code"], norm)
+    plan = c._plan(prov, prov)
+    for r in plan.rules:
+        if r.regex.search(low) is not None and r.codes_ok(smtp, enh):
+            assert got.rule == r.id, (got, r.id, low)
+            return
+    assert not any(got.rule == r.id for r in plan.rules), (got, low)
+
+
+def test_literal_prefix() -> None:
+    from models.classifier import _literal_prefix
+
+    assert _literal_prefix(r"\bip (?:address )?blocked") == "ip "
+    assert _literal_prefix(r"\bmessages? too") == "message"
+    assert _literal_prefix(r"\bTSS04\b") == "tss04"
+    assert _literal_prefix(r"\bofr\w*[_-]104\b") == "ofr"
+    assert _literal_prefix(r"greylist") == ""
+    assert _literal_prefix(r"\b(?:a|b)c") == ""
+    assert _literal_prefix(r"\bab+c") == "a"
+    assert _literal_prefix("\\b用户") == ""
