@@ -770,13 +770,32 @@ class Classifier:
         hit = self._raw_cache.get(key)
         if hit is not None:
             return hit
-        norm = normalize_reply(text)
+        res = self.classify_normalized(
+            smtp_code, enhanced_code, normalize_reply(text), provider, operator
+        )
+        self._store(self._raw_cache, key, res)
+        return res
+
+    def classify_normalized(
+        self,
+        smtp_code: int | None,
+        enhanced_code: str | None,
+        norm: str,
+        provider: str | None = None,
+        operator: str | None = None,
+    ) -> Classification:
+        """Classify a reply already passed through :func:`normalize_reply`.
+
+        For callers that keep the normalised text anyway (the ingest pipeline stores it as
+        incident evidence), so the reply is normalised once.
+        """
+        if self.cache_size <= 0:
+            return self._decide(smtp_code, enhanced_code, norm, provider, operator)
         nkey = (smtp_code, enhanced_code, norm, provider, operator)
         res = self._cache.get(nkey)
         if res is None:
             res = self._decide(smtp_code, enhanced_code, norm, provider, operator)
             self._store(self._cache, nkey, res)
-        self._store(self._raw_cache, key, res)
         return res
 
     def explain(

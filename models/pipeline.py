@@ -99,11 +99,11 @@ class ClassificationLike(Protocol):
 
 
 class ClassifierLike(Protocol):
-    def classify(
+    def classify_normalized(
         self,
         smtp_code: int | None,
         enhanced_code: str | None,
-        text: str,
+        norm: str,
         provider: str | None = None,
         operator: str | None = None,
     ) -> ClassificationLike: ...
@@ -379,8 +379,9 @@ class Pipeline:
         hit = self._reply_cache.get(ckey)
         if hit is not None:
             return hit
-        verdict = self.classifier.classify(code, enh, text, provider, operator)
-        norm = self._normalize(text)[:300]
+        full = self._normalize(text)
+        verdict = self.classifier.classify_normalized(code, enh, full, provider, operator)
+        norm = full[:300]
         rid = self._reply_ids.get(norm)
         if rid is None:
             rid = len(self._reply_texts)

@@ -31,7 +31,7 @@ class TableClassifier:
     def __init__(self) -> None:
         self.calls = 0
 
-    def classify(
+    def classify_normalized(
         self,
         smtp_code: int | None,
         enhanced_code: str | None,
@@ -193,9 +193,9 @@ def test_enhanced_code_taken_from_response_text() -> None:
     seen: list[tuple[int | None, str | None]] = []
 
     class Spy(TableClassifier):
-        def classify(self, smtp_code, enhanced_code, text, provider=None, operator=None):  # type: ignore[no-untyped-def]
+        def classify_normalized(self, smtp_code, enhanced_code, text, provider=None, operator=None):  # type: ignore[no-untyped-def]
             seen.append((smtp_code, enhanced_code))
-            return super().classify(smtp_code, enhanced_code, text, provider, operator)
+            return super().classify_normalized(smtp_code, enhanced_code, text, provider, operator)
 
     p = make(Spy())
     p.feed(ev("bounced", response="550 5.1.1 <bob@x.org>: user unknown"))
@@ -327,3 +327,23 @@ def test_with_the_real_classifier() -> None:
     assert t[COL["class_throttle"]] == 1
     assert t[COL["class_hard"]] == 1 and t[COL["user_unknown"]] == 1
     assert all("alice@" not in text for _, text, _ in d.replies)
+
+
+def test_classify_normalized_equals_classify_on_the_corpus() -> None:
+    """The pipeline's single-normalisation path decides exactly like Classifier.classify."""
+    from pathlib import Path
+
+    from models.classifier import Classifier, normalize_reply
+
+    c1, c2 = Classifier(), Classifier()
+    n = 0
+    for f in sorted((Path(__file__).parent / "data" / "replies").glob("*.jsonl")):
+        for line in f.read_text().splitlines():
+            r = json.loads(line)
+            args = (r.get("smtp_code"), r.get("enhanced_code"))
+            text, prov = r["response"], r.get("provider")
+            assert c1.classify(*args, text, prov) == c2.classify_normalized(
+                *args, normalize_reply(text), prov
+            ), text
+            n += 1
+    assert n >= 250
