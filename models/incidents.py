@@ -1,0 +1,83 @@
+"""Incident records and the opened/closed changes the Monitor emits (docs/incidents.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+#: The incident vocabulary, in documentation order.
+INCIDENT_TYPES: Final[tuple[str, ...]] = (
+    "provider_outage",
+    "rate_limited",
+    "block",
+    "false_hard_bounces",
+    "hard_bounce_spike",
+    "complaint_spike",
+    "auth_failure",
+)
+SEVERITIES: Final[tuple[str, ...]] = ("warning", "critical")
+
+
+@dataclass(slots=True)
+class Incident:
+    """One incident on one scope. Times are event time (epoch seconds)."""
+
+    id: str
+    type: str
+    scope: str
+    opened_at: float
+    severity: str
+    evidence: dict[str, Any]
+    closed_at: float | None = None
+    #: other scopes whose surge of the same signal this incident explains (same events)
+    related: list[str] = field(default_factory=list)
+    peak_rate: float = 0.0
+    last_hot: float = 0.0
+    #: id of the incident (of another type) that explains this one; such incidents are tracked
+    #: (so that their related scopes stay quiet) but never reported
+    explained_by: str | None = None
+    #: current excess count of the signal over the baseline (updated while open)
+    excess: float = 0.0
+
+    @property
+    def is_open(self) -> bool:
+        return self.closed_at is None
+
+    def to_json(self) -> dict[str, Any]:
+        ev = dict(self.evidence)
+        ev["peak_rate"] = round(self.peak_rate, 6)
+        if self.related:
+            ev["related_scopes"] = list(self.related)
+        return {
+            "id": self.id,
+            "type": self.type,
+            "scope": self.scope,
+            "opened_at": self.opened_at,
+            "closed_at": self.closed_at,
+            "severity": self.severity,
+            "evidence": ev,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentChange:
+    """An incident was opened or closed during one ``Monitor.advance``."""
+
+    action: Literal["opened", "closed"]
+    incident: Incident
+    #: the incident as it was when the change happened (the Incident object lives on)
+    snapshot: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, action: Literal["opened", "closed"], incident: Incident) -> IncidentChange:
+        return cls(action, incident, incident.to_json())
+
+    def to_json(self) -> dict[str, Any]:
+        """The replay / worker output shape (docs/incidents.md, "Output")."""
+        body = self.snapshot or self.incident.to_json()
+        return {"kind": "incident", "action": self.action, **body}
+
+
+def incident_id(type_: str, scope: str, opened_at: float) -> str:
+    """Deterministic id: the same replay yields the same ids."""
+    return f"{type_}/{scope}/{int(opened_at)}"

@@ -1,0 +1,368 @@
+"""Rolling per-scope counts in event time: a struct-of-arrays ring-buffer store.
+
+Every active scope (``domain:``, ``provider:``, ``mx:``, ``ip:``, ``pool:``, ``sender:``,
+``tenant:``, ``campaign:``) owns one *row* of three numpy arrays:
+
+``fine``     uint32 ``[rows, n_fine, len(ROLL_COLUMNS)]``: ``n_fine`` event-time buckets of
+             ``fine_s`` seconds (default 12 x 5 min = the last hour) of the reduced column set
+             ``ROLL_COLUMNS``. Detectors and ``/status`` read these.
+``coarse``   uint32 ``[rows, n_coarse, len(COARSE_COLUMNS)]``: ``n_coarse`` buckets of
+             ``coarse_s`` seconds (default 48 x 1 h) of fewer columns (volume, deliveries,
+             deferrals, failures, complaints), for 24 h / 48 h rates and hour-of-day volume.
+``baseline`` float32 ``[rows, len(ROLL_COLUMNS)]``: an exponentially weighted sum of the fine
+             buckets that *left* the fine ring (so the baseline lags the detection window by
+             one hour and an incident cannot teach itself to the baseline before it is detected).
+             Rows flagged ``frozen`` (an incident is open on them) stop learning.
+
+All scopes share one event-time clock: the ring *heads* are global, so advancing time zeroes one
+slot for all rows at once and a ``Deltas`` is added with one ``np.add.at`` per ring. Rows are
+found through ``dict[str, int]``; evicted rows go to a free list and the arrays grow by doubling.
+
+Lateness: a delta row whose bucket starts before ``watermark - lateness_s`` (the watermark is the
+largest event time seen) is not counted in any bucket: its events are added to ``late_dropped``
+(counted once per event, on the ``provider:`` rows: every event has exactly one provider scope).
+Scopes that saw no event for ``idle_evict_s`` are evicted (``evicted`` counts them).
+
+Memory with the defaults is about 1.9 KiB per active scope including the Python dict entry and
+the scope name (``bench/memory.py`` measures it); ``nbytes_per_scope()`` reports the array part.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+from models.deltas import Deltas
+from models.schema import COL, COLUMNS, EVENT_KINDS, N_COLUMNS, SCOPE_KINDS
+
+#: Columns kept in the fine ring and the baseline (derived from ``models.schema.COLUMNS``).
+ROLL_COLUMNS: Final[tuple[str, ...]] = (
+    "attempts",  # delivered + deferred + bounced + rejected: the denominator of most rates
+    "delivered",
+    "deferred",
+    "failed",  # bounced + rejected
+    "complained",
+    "hard",  # class_hard ... class_config: reply classes of deferred/bounced/rejected events
+    "soft",
+    "block",
+    "throttle",
+    "transient",
+    "config",
+    "auth_failure",
+    "user_unknown",
+    "user_unknown_known_good",
+)
+R: Final[dict[str, int]] = {c: i for i, c in enumerate(ROLL_COLUMNS)}
+N_ROLL: Final[int] = len(ROLL_COLUMNS)
+
+#: Columns kept in the coarse ring (indices into ROLL_COLUMNS).
+COARSE_COLUMNS: Final[tuple[str, ...]] = (
+    "attempts",
+    "delivered",
+    "deferred",
+    "failed",
+    "complained",
+)
+COARSE_IDX: Final[NDArray[np.intp]] = np.array([R[c] for c in COARSE_COLUMNS], dtype=np.intp)
+N_COARSE: Final[int] = len(COARSE_COLUMNS)
+
+#: Event-kind columns of COLUMNS: their sum is the number of events in a delta row.
+_EVENT_COLS: Final[NDArray[np.intp]] = np.arange(len(EVENT_KINDS), dtype=np.intp)
+
+
+def _reduction_matrix() -> NDArray[np.int64]:
+    m = np.zeros((N_COLUMNS, N_ROLL), dtype=np.int64)
+    for src in ("delivered", "deferred", "bounced", "rejected"):
+        m[COL[src], R["attempts"]] = 1
+    m[COL["delivered"], R["delivered"]] = 1
+    m[COL["deferred"], R["deferred"]] = 1
+    m[COL["bounced"], R["failed"]] = 1
+    m[COL["rejected"], R["failed"]] = 1
+    m[COL["complained"], R["complained"]] = 1
+    for c in ("hard", "soft", "block", "throttle", "transient", "config"):
+        m[COL[f"class_{c}"], R[c]] = 1
+    for c in ("auth_failure", "user_unknown", "user_unknown_known_good"):
+        m[COL[c], R[c]] = 1
+    assert m.shape == (len(COLUMNS), N_ROLL)
+    return m
+
+
+#: ``counts @ REDUCE`` maps delta rows (COLUMNS) to ROLL_COLUMNS.
+REDUCE: Final[NDArray[np.int64]] = _reduction_matrix()
+
+_KIND_CODE: Final[dict[str, int]] = {k: i for i, k in enumerate(SCOPE_KINDS)}
+NO_KIND: Final[int] = 255
+
+
+def scope_kind(scope: str) -> str:
+    """``"provider:google"`` -> ``"provider"`` (empty string when there is no colon)."""
+    kind, sep, _ = scope.partition(":")
+    return kind if sep else ""
+
+
+@dataclass(frozen=True, slots=True)
+class RollingConfig:
+    """Ring geometry and retention. Defaults: 12 x 5 min fine, 48 x 1 h coarse."""
+
+    fine_s: int = 300  #: width of a fine bucket (s); the fine ring covers n_fine * fine_s
+    n_fine: int = 12  #: number of fine buckets (default: the last hour)
+    coarse_s: int = 3600  #: width of a coarse bucket (s)
+    n_coarse: int = 48  #: number of coarse buckets (default: 48 h)
+    lateness_s: float = 900.0  #: delta rows older than watermark - lateness_s are dropped
+    idle_evict_s: float = 6 * 3600.0  #: evict scopes idle (no event) for this long
+    baseline_half_life_s: float = 12 * 3600.0  #: half-life of the EWMA baseline
+    initial_capacity: int = 256  #: rows allocated up front (grown by doubling)
+
+    def validate(self) -> None:
+        if self.fine_s <= 0 or self.coarse_s <= 0 or self.n_fine < 2 or self.n_coarse < 2:
+            raise ValueError("bucket widths must be > 0 and rings must have >= 2 buckets")
+        if self.coarse_s % self.fine_s:
+            raise ValueError("coarse_s must be a multiple of fine_s")
+        if not 0 <= self.lateness_s <= (self.n_fine - 1) * self.fine_s:
+            raise ValueError("lateness_s must be within the fine ring: 0..(n_fine-1)*fine_s")
+        if self.idle_evict_s <= 0 or self.baseline_half_life_s <= 0:
+            raise ValueError("idle_evict_s and baseline_half_life_s must be > 0")
+
+
+class RollingStore:
+    """Per-scope ring buffers of event-time buckets (see the module docstring)."""
+
+    def __init__(self, config: RollingConfig | None = None) -> None:
+        self.config = cfg = config or RollingConfig()
+        cfg.validate()
+        cap = max(1, cfg.initial_capacity)
+        self.fine: NDArray[np.uint32] = np.zeros((cap, cfg.n_fine, N_ROLL), dtype=np.uint32)
+        self.coarse: NDArray[np.uint32] = np.zeros((cap, cfg.n_coarse, N_COARSE), dtype=np.uint32)
+        self.baseline: NDArray[np.float32] = np.zeros((cap, N_ROLL), dtype=np.float32)
+        self.last_seen: NDArray[np.int64] = np.full(cap, -1, dtype=np.int64)  # fine bucket index
+        self.kind: NDArray[np.uint8] = np.full(cap, NO_KIND, dtype=np.uint8)
+        self.active: NDArray[np.bool_] = np.zeros(cap, dtype=np.bool_)
+        self.frozen: NDArray[np.bool_] = np.zeros(cap, dtype=np.bool_)
+        self.rows: dict[str, int] = {}
+        self.names: list[str | None] = [None] * cap
+        self._free: list[int] = list(range(cap - 1, -1, -1))
+        self.fine_head: int = -1  # index (t // fine_s) of the newest fine bucket; -1 = no data
+        self.coarse_head: int = -1
+        self.watermark: float = 0.0
+        self.late_dropped: int = 0  # events dropped as later than lateness_s (provider rows)
+        self.late_rows_dropped: int = 0  # delta rows (scope x bucket) dropped as late
+        self.upstream_late_dropped: int = 0  # late drops reported by the producer (Deltas)
+        self.evicted: int = 0
+        self.added_events: int = 0
+        self._decay = float(0.5 ** (cfg.fine_s / cfg.baseline_half_life_s))
+        self._idle_buckets = max(1, math.ceil(cfg.idle_evict_s / cfg.fine_s))
+        #: called with the list of row indices just evicted, before they are reused
+        self.on_evict: list[Callable[[NDArray[np.intp]], None]] = []
+
+    # ----------------------------------------------------------------------------- rows
+    @property
+    def capacity(self) -> int:
+        return int(self.fine.shape[0])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __contains__(self, scope: object) -> bool:
+        return scope in self.rows
+
+    def _grow(self) -> None:
+        old = self.capacity
+        new = old * 2
+
+        def grow(a: NDArray[np.generic], fill: float | int | bool = 0) -> NDArray[np.generic]:
+            b = np.full((new, *a.shape[1:]), fill, dtype=a.dtype)
+            b[:old] = a
+            return b
+
+        self.fine = grow(self.fine)  # type: ignore[assignment]
+        self.coarse = grow(self.coarse)  # type: ignore[assignment]
+        self.baseline = grow(self.baseline)  # type: ignore[assignment]
+        self.last_seen = grow(self.last_seen, -1)  # type: ignore[assignment]
+        self.kind = grow(self.kind, NO_KIND)  # type: ignore[assignment]
+        self.active = grow(self.active, False)  # type: ignore[assignment]
+        self.frozen = grow(self.frozen, False)  # type: ignore[assignment]
+        self.names.extend([None] * (new - old))
+        self._free.extend(range(new - 1, old - 1, -1))
+
+    def row(self, scope: str) -> int:
+        """Row of ``scope``, allocating one when the scope is new."""
+        r = self.rows.get(scope)
+        if r is not None:
+            return r
+        if not self._free:
+            self._grow()
+        r = self._free.pop()
+        self.rows[scope] = r
+        self.names[r] = scope
+        self.kind[r] = _KIND_CODE.get(scope_kind(scope), NO_KIND)
+        self.active[r] = True
+        self.last_seen[r] = self.fine_head
+        return r
+
+    def active_rows(self) -> NDArray[np.intp]:
+        return np.flatnonzero(self.active)
+
+    # ----------------------------------------------------------------------------- time
+    def _advance_fine(self, new_head: int) -> None:
+        cfg = self.config
+        if self.fine_head < 0:
+            self.fine_head = new_head
+            return
+        steps = new_head - self.fine_head
+        if steps <= 0:
+            return
+        n = cfg.n_fine
+        live = ~self.frozen
+        # fold the buckets that leave the ring, oldest first, into the EWMA baseline
+        for j in range(self.fine_head + 1, self.fine_head + 1 + min(steps, n)):
+            slot = j % n
+            leaving = self.fine[:, slot, :].astype(np.float32)
+            self.baseline[live] = self.baseline[live] * self._decay + leaving[live]
+            self.fine[:, slot, :] = 0
+        if steps > n:  # buckets that were never filled: decay only
+            self.baseline[live] *= np.float32(self._decay ** (steps - n))
+        self.fine_head = new_head
+        self._evict_idle()
+
+    def _advance_coarse(self, new_head: int) -> None:
+        if self.coarse_head < 0:
+            self.coarse_head = new_head
+            return
+        steps = new_head - self.coarse_head
+        if steps <= 0:
+            return
+        n = self.config.n_coarse
+        for j in range(self.coarse_head + 1, self.coarse_head + 1 + min(steps, n)):
+            self.coarse[:, j % n, :] = 0
+        self.coarse_head = new_head
+
+    def advance_to(self, t: float) -> None:
+        """Move event time forward to ``t`` (epoch s): rotate rings, fold baselines, evict."""
+        if t > self.watermark:
+            self.watermark = float(t)
+        self._advance_fine(int(self.watermark // self.config.fine_s))
+        self._advance_coarse(int(self.watermark // self.config.coarse_s))
+
+    def _evict_idle(self) -> None:
+        idle = self.active & ~self.frozen & (self.last_seen < self.fine_head - self._idle_buckets)
+        rows = np.flatnonzero(idle)
+        if rows.size == 0:
+            return
+        for cb in self.on_evict:
+            cb(rows)
+        for r in rows.tolist():
+            name = self.names[r]
+            if name is not None:
+                del self.rows[name]
+            self.names[r] = None
+            self._free.append(r)
+        self.fine[rows] = 0
+        self.coarse[rows] = 0
+        self.baseline[rows] = 0
+        self.last_seen[rows] = -1
+        self.kind[rows] = NO_KIND
+        self.active[rows] = False
+        self.evicted += int(rows.size)
+
+    # ----------------------------------------------------------------------------- add
+    def add(self, deltas: Deltas) -> NDArray[np.intp]:
+        """Add one tick of counts; returns the local-scope -> row map of ``deltas.scopes``.
+
+        Rows whose bucket starts before ``watermark - lateness_s`` are dropped and counted.
+        """
+        self.upstream_late_dropped += int(deltas.late_dropped)
+        n = len(deltas)
+        if n == 0:
+            if deltas.watermark > self.watermark:
+                self.advance_to(deltas.watermark)
+            return np.zeros(0, dtype=np.intp)
+        cfg = self.config
+        starts = deltas.bucket_start.astype(np.int64, copy=False)
+        wm = max(self.watermark, float(deltas.watermark), float(starts.max()))
+        self.advance_to(wm)
+        counts = deltas.counts
+        ok = starts >= self.watermark - cfg.lateness_s
+        if not ok.all():
+            # every event is counted in exactly one provider: scope -> count events there
+            prov = np.array([s.startswith("provider:") for s in deltas.scopes], dtype=np.bool_)
+            late = ~ok & prov[deltas.scope_idx] if prov.size else ~ok
+            self.late_dropped += int(counts[late][:, _EVENT_COLS].sum())
+            self.late_rows_dropped += int((~ok).sum())
+            starts = starts[ok]
+            counts = counts[ok]
+            idx = deltas.scope_idx[ok]
+        else:
+            idx = deltas.scope_idx
+        if starts.size == 0:
+            return np.zeros(0, dtype=np.intp)
+        used = np.unique(idx)
+        local = np.full(len(deltas.scopes), -1, dtype=np.intp)
+        for i in used.tolist():
+            local[i] = self.row(deltas.scopes[i])
+        rows = local[idx]
+        reduced = counts.astype(np.int64, copy=False) @ REDUCE
+        fb = starts // cfg.fine_s
+        cb = starts // cfg.coarse_s
+        np.add.at(self.fine, (rows, fb % cfg.n_fine), reduced.astype(np.uint32))
+        np.add.at(self.coarse, (rows, cb % cfg.n_coarse), reduced[:, COARSE_IDX].astype(np.uint32))
+        np.maximum.at(self.last_seen, rows, fb)
+        self.added_events += int(counts[:, _EVENT_COLS].sum())
+        return local
+
+    # ----------------------------------------------------------------------------- read
+    def fine_sum(self, k: int, rows: NDArray[np.intp] | None = None) -> NDArray[np.int64]:
+        """Counts over the newest ``k`` fine buckets (the newest is partial), per row."""
+        cfg = self.config
+        k = max(1, min(k, cfg.n_fine))
+        sel = self.fine if rows is None else self.fine[rows]
+        if self.fine_head < 0:
+            return np.zeros((sel.shape[0], N_ROLL), dtype=np.int64)
+        slots = [(self.fine_head - j) % cfg.n_fine for j in range(k)]
+        out: NDArray[np.int64] = sel[:, slots, :].sum(axis=1, dtype=np.int64)
+        return out
+
+    def coarse_sum(self, k: int, rows: NDArray[np.intp] | None = None) -> NDArray[np.int64]:
+        """Counts (COARSE_COLUMNS) over the newest ``k`` coarse buckets, per row."""
+        cfg = self.config
+        k = max(1, min(k, cfg.n_coarse))
+        sel = self.coarse if rows is None else self.coarse[rows]
+        if self.coarse_head < 0:
+            return np.zeros((sel.shape[0], N_COARSE), dtype=np.int64)
+        slots = [(self.coarse_head - j) % cfg.n_coarse for j in range(k)]
+        out: NDArray[np.int64] = sel[:, slots, :].sum(axis=1, dtype=np.int64)
+        return out
+
+    def window_totals(self, scope: str, seconds: float) -> NDArray[np.int64]:
+        """ROLL_COLUMNS counts of one scope over the fine buckets covering the last ``seconds``."""
+        r = self.rows.get(scope)
+        if r is None:
+            return np.zeros(N_ROLL, dtype=np.int64)
+        k = max(1, math.ceil(seconds / self.config.fine_s))
+        out: NDArray[np.int64] = self.fine_sum(k, np.array([r], dtype=np.intp))[0]
+        return out
+
+    def nbytes_per_scope(self) -> int:
+        """Bytes of numpy state per row (the Python dict entry and name string are extra)."""
+        per_row = 0
+        for a in (
+            self.fine,
+            self.coarse,
+            self.baseline,
+            self.last_seen,
+            self.kind,
+            self.active,
+            self.frozen,
+        ):
+            per_row += a.itemsize * int(np.prod(a.shape[1:], dtype=np.int64))
+        return per_row + 8  # names list slot
+
+    def nbytes(self) -> int:
+        """Approximate total bytes: arrays (allocated capacity) + scope names and dict."""
+        arrays = self.nbytes_per_scope() * self.capacity
+        names = sum(49 + len(s) for s in self.rows) + 100 * len(self.rows)
+        return arrays + names

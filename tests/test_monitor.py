@@ -1,0 +1,325 @@
+"""Monitor: detection on synthetic per-minute Deltas, hysteresis, related scopes, API shape.
+
+Synthetic traffic: a list of *streams*, each one combination of scopes (domain, provider, mx, ip,
+pool, sender, tenant, campaign) with a per-minute volume and outcome probabilities; every minute
+counts are drawn from a multinomial (fixed seed) and fanned out to each scope, as ingest does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.deltas import Deltas
+from models.monitor import Monitor, MonitorConfig
+from models.schema import COL, N_COLUMNS
+
+T0 = 1_795_420_800  # 2026-11-23T00:00:00Z, a multiple of 3600
+
+
+@dataclass
+class Stream:
+    scopes: tuple[str, ...]
+    per_min: int
+    #: probabilities of outcomes among attempts (rest = delivered)
+    probs: dict[str, float] = field(default_factory=dict)
+    complaint_per_delivered: float = 0.0002
+
+
+#: outcome -> columns it increments
+OUTCOMES: dict[str, tuple[str, ...]] = {
+    "delivered": ("delivered",),
+    "transient": ("deferred", "class_transient"),
+    "throttle": ("deferred", "class_throttle"),
+    "block": ("bounced", "class_block"),
+    "hard": ("bounced", "class_hard", "user_unknown"),
+    "hard_known_good": ("bounced", "class_hard", "user_unknown", "user_unknown_known_good"),
+    "auth": ("bounced", "class_config", "auth_failure"),
+    "soft": ("deferred", "class_soft"),
+}
+
+
+def default_streams() -> list[Stream]:
+    base = {"transient": 0.02, "hard": 0.005, "block": 0.002, "throttle": 0.002}
+    out = []
+    for prov, doms, mx in (
+        ("google", ("gmail.com",), "google"),
+        ("microsoft", ("outlook.com", "hotmail.com"), "microsoft"),
+        ("yahoo", ("yahoo.com",), "yahoo"),
+    ):
+        for dom in doms:
+            for ip in ("192.0.2.1", "192.0.2.2"):
+                out.append(
+                    Stream(
+                        (
+                            f"domain:{dom}",
+                            f"provider:{prov}",
+                            f"mx:{mx}",
+                            f"ip:{ip}",
+                            "pool:shared",
+                            "sender:news.example.com",
+                            "tenant:acme",
+                            "campaign:c1",
+                        ),
+                        per_min=60,
+                        probs=dict(base),
+                    )
+                )
+    return out
+
+
+def minute_deltas(streams: list[Stream], minute: int, rng: np.random.Generator) -> Deltas:
+    scopes: list[str] = []
+    sidx: dict[str, int] = {}
+    agg: dict[int, np.ndarray] = {}
+    start = T0 + minute * 60
+    for s in streams:
+        names = ["delivered", *[k for k in s.probs if k != "delivered"]]
+        p_rest = [s.probs[k] for k in names[1:]]
+        p = np.array([max(0.0, 1 - sum(p_rest)), *p_rest])
+        draws = rng.multinomial(s.per_min, p / p.sum())
+        row = np.zeros(N_COLUMNS, dtype=np.int64)
+        for name, n in zip(names, draws, strict=True):
+            for c in OUTCOMES[name]:
+                row[COL[c]] += n
+        row[COL["complained"]] += rng.binomial(
+            int(row[COL["delivered"]]), s.complaint_per_delivered
+        )
+        for sc in s.scopes:
+            i = sidx.get(sc)
+            if i is None:
+                i = sidx[sc] = len(scopes)
+                scopes.append(sc)
+                agg[i] = np.zeros(N_COLUMNS, dtype=np.int64)
+            agg[i] += row
+    keys = sorted(agg)
+    return Deltas(
+        scopes=scopes,
+        scope_idx=np.asarray(keys, dtype=np.int32),
+        bucket_start=np.full(len(keys), start, dtype=np.int64),
+        counts=np.stack([agg[k] for k in keys]) if keys else np.zeros((0, N_COLUMNS), np.int64),
+        watermark=float(start + 59),
+    )
+
+
+def run(
+    streams: list[Stream],
+    minutes: int,
+    seed: int = 7,
+    mutate: Callable[[int, list[Stream]], None] | None = None,
+    mon: Monitor | None = None,
+) -> tuple[Monitor, list[dict[str, object]]]:
+    rng = np.random.default_rng(seed)
+    mon = mon or Monitor()
+    out: list[dict[str, object]] = []
+    for m in range(minutes):
+        if mutate is not None:
+            mutate(m, streams)
+        d = minute_deltas(streams, m, rng)
+        mon.add(d)
+        out.extend(c.to_json() for c in mon.advance(d.watermark))
+    return mon, out
+
+
+def opened(changes: list[dict[str, object]]) -> list[tuple[object, object, object]]:
+    return [(c["type"], c["scope"], c["opened_at"]) for c in changes if c["action"] == "opened"]
+
+
+def test_stationary_noise_opens_nothing() -> None:
+    _, changes = run(default_streams(), minutes=8 * 60)
+    assert opened(changes) == []
+
+
+ONSET = 180  # minutes
+
+
+def _set(pred: Callable[[Stream], bool], **probs: float) -> Callable[[int, list[Stream]], None]:
+    def mutate(m: int, streams: list[Stream]) -> None:
+        if m == ONSET:
+            for s in streams:
+                if pred(s):
+                    s.probs.update(probs)
+
+    return mutate
+
+
+@pytest.mark.parametrize(
+    ("mutate", "want_type", "want_scopes", "max_delay_min"),
+    [
+        (
+            _set(lambda s: "provider:yahoo" in s.scopes, transient=0.7),
+            "provider_outage",
+            {"provider:yahoo", "mx:yahoo", "domain:yahoo.com"},
+            5,
+        ),
+        (
+            _set(lambda s: "provider:microsoft" in s.scopes, throttle=0.5),
+            "rate_limited",
+            {"provider:microsoft", "mx:microsoft"},
+            5,
+        ),
+        (
+            _set(
+                lambda s: "provider:microsoft" in s.scopes and "ip:192.0.2.1" in s.scopes,
+                block=0.9,
+            ),
+            "block",
+            {"ip:192.0.2.1"},
+            5,
+        ),
+        (
+            _set(lambda s: "provider:google" in s.scopes, auth=0.6),
+            "auth_failure",
+            {"sender:news.example.com"},
+            5,
+        ),
+        (
+            _set(lambda s: True, hard=0.2),
+            "hard_bounce_spike",
+            {"campaign:c1", "tenant:acme"},
+            15,
+        ),
+        (
+            _set(lambda s: "domain:yahoo.com" in s.scopes, hard_known_good=0.3),
+            "false_hard_bounces",
+            {"mx:yahoo", "domain:yahoo.com"},
+            15,
+        ),
+    ],
+)
+def test_scenarios_detected_once_with_right_scope(
+    mutate: Callable[[int, list[Stream]], None],
+    want_type: str,
+    want_scopes: set[str],
+    max_delay_min: int,
+) -> None:
+    _, changes = run(default_streams(), minutes=ONSET + 40, mutate=mutate)
+    op = opened(changes)
+    assert op, "nothing detected"
+    typ, scope, at = op[0]
+    assert typ == want_type
+    assert scope in want_scopes
+    assert 0 <= float(at) - (T0 + ONSET * 60) <= max_delay_min * 60  # type: ignore[arg-type]
+    # related scopes are folded into one incident: no other incident opens
+    assert len(op) == 1, op
+
+
+def test_complaint_spike_detected_within_45_min() -> None:
+    def mutate(m: int, streams: list[Stream]) -> None:
+        if m == ONSET:
+            for s in streams:
+                if "provider:google" in s.scopes:
+                    s.complaint_per_delivered = 0.01
+
+    _, changes = run(default_streams(), minutes=ONSET + 60, mutate=mutate)
+    op = opened(changes)
+    assert op and op[0][0] == "complaint_spike"
+    assert float(op[0][2]) - (T0 + ONSET * 60) <= 45 * 60  # type: ignore[arg-type]
+
+
+def test_hysteresis_closes_after_quiet_period() -> None:
+    def mutate(m: int, streams: list[Stream]) -> None:
+        for s in streams:
+            if "provider:yahoo" in s.scopes:
+                s.probs["transient"] = 0.7 if ONSET <= m < ONSET + 20 else 0.02
+
+    mon, changes = run(default_streams(), minutes=ONSET + 90, mutate=mutate)
+    kinds = [(c["action"], c["type"]) for c in changes]
+    assert kinds == [("opened", "provider_outage"), ("closed", "provider_outage")]
+    closed = changes[1]
+    assert closed["closed_at"] is not None
+    assert float(closed["closed_at"]) >= T0 + (ONSET + 20) * 60 + 900  # type: ignore[arg-type]
+    assert mon.open_incidents() == []
+
+
+def test_change_json_shape_and_status_metrics() -> None:
+    mon, changes = run(
+        default_streams(),
+        minutes=ONSET + 10,
+        mutate=_set(lambda s: "provider:yahoo" in s.scopes, transient=0.8),
+    )
+    c = changes[0]
+    assert set(c) == {
+        "kind",
+        "action",
+        "id",
+        "type",
+        "scope",
+        "opened_at",
+        "closed_at",
+        "severity",
+        "evidence",
+    }
+    assert c["kind"] == "incident" and c["action"] == "opened" and c["closed_at"] is None
+    ev = c["evidence"]
+    assert isinstance(ev, dict)
+    assert {"count", "volume", "rate", "baseline", "top_replies"} <= set(ev)
+    json.dumps(c)
+    status = mon.status(top=3)
+    json.dumps(status)
+    assert len(status["scopes"]["domain"]) == 3
+    assert status["open_incidents"][0]["type"] == "provider_outage"
+    prov = {s["scope"]: s for s in status["scopes"]["provider"]}
+    assert prov["provider:yahoo"]["m15"]["rates"]["transient"] > 0.5
+    met = mon.metrics()
+    json.dumps(met)
+    assert met["incidents_open"]["provider_outage"] == 1
+    assert met["active_scopes"] == len(mon.store)
+    assert met["memory_bytes"] > 0
+
+
+def test_warmup_suppresses_openings() -> None:
+    mon = Monitor(MonitorConfig(warmup_s=4 * 3600))
+    _, changes = run(
+        default_streams(),
+        minutes=ONSET + 10,
+        mutate=_set(lambda s: "provider:yahoo" in s.scopes, transient=0.8),
+        mon=mon,
+    )
+    assert opened(changes) == []
+
+
+def test_advance_is_idempotent_without_new_data() -> None:
+    mon, _ = run(default_streams(), minutes=30)
+    wm = mon.store.watermark
+    n = mon.advances
+    assert mon.advance(wm) == []
+    assert mon.advances == n  # nothing recomputed
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.integers(min_value=0, max_value=2**31 - 1), st.floats(min_value=0.01, max_value=0.2))
+def test_property_constant_rate_noise_is_quiet(seed: int, transient: float) -> None:
+    """Stationary traffic at any constant deferral rate never opens an incident."""
+    streams = default_streams()
+    for s in streams:
+        s.probs["transient"] = transient
+    _, changes = run(streams, minutes=150, seed=seed)
+    assert opened(changes) == []
+
+
+def test_throttling_during_outage_is_explained_not_reported() -> None:
+    """Outage replies that classify as throttle (Microsoft 'Server busy') raise no rate_limited."""
+    _, changes = run(
+        default_streams(),
+        minutes=ONSET + 30,
+        mutate=_set(lambda s: "provider:microsoft" in s.scopes, transient=0.5, throttle=0.25),
+    )
+    assert [c[0] for c in opened(changes)] == ["provider_outage"]
+
+
+def test_late_rows_show_in_metrics() -> None:
+    mon, _ = run(default_streams(), minutes=40)
+    rng = np.random.default_rng(1)
+    late = minute_deltas(default_streams(), 0, rng)  # 40 minutes old > 15 min lateness
+    prov = [i for i, sc in enumerate(late.scopes) if sc.startswith("provider:")]
+    n_events = int(late.counts[np.isin(late.scope_idx, prov), :9].sum())
+    assert 0 < n_events < int(late.counts[:, :9].sum())
+    mon.add(late)
+    assert mon.metrics()["late_dropped"] == n_events

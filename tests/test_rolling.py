@@ -1,0 +1,197 @@
+"""RollingStore: window totals, lateness, eviction, growth, baselines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.deltas import Deltas
+from models.rolling import COARSE_IDX, N_ROLL, REDUCE, ROLL_COLUMNS, RollingConfig, RollingStore
+from models.schema import COL, N_COLUMNS
+
+T0 = 1_795_420_800  # a multiple of 3600
+
+
+def make_deltas(
+    rows: list[tuple[str, int, dict[str, int]]], watermark: float | None = None
+) -> Deltas:
+    """rows: (scope, bucket_start, {column: count})."""
+    scopes: list[str] = []
+    idx: list[int] = []
+    starts: list[int] = []
+    counts = np.zeros((len(rows), N_COLUMNS), dtype=np.int64)
+    for i, (scope, start, cols) in enumerate(rows):
+        if scope not in scopes:
+            scopes.append(scope)
+        idx.append(scopes.index(scope))
+        starts.append(start)
+        for c, v in cols.items():
+            counts[i, COL[c]] = v
+    wm = watermark if watermark is not None else (max(starts) + 59 if starts else 0.0)
+    return Deltas(
+        scopes=scopes,
+        scope_idx=np.asarray(idx, dtype=np.int32),
+        bucket_start=np.asarray(starts, dtype=np.int64),
+        counts=counts,
+        watermark=float(wm),
+    )
+
+
+@pytest.mark.parametrize(
+    ("cols", "expected"),
+    [
+        ({"delivered": 5}, {"attempts": 5, "delivered": 5}),
+        ({"deferred": 2, "class_transient": 2}, {"attempts": 2, "deferred": 2, "transient": 2}),
+        (
+            {"bounced": 3, "rejected": 1, "class_hard": 4, "user_unknown": 4},
+            {"attempts": 4, "failed": 4, "hard": 4, "user_unknown": 4},
+        ),
+        ({"complained": 1, "sent": 9, "opened": 3}, {"complained": 1}),
+        (
+            {"bounced": 2, "class_config": 2, "auth_failure": 2},
+            {"attempts": 2, "failed": 2, "config": 2, "auth_failure": 2},
+        ),
+        ({"user_unknown_known_good": 1}, {"user_unknown_known_good": 1}),
+    ],
+)
+def test_reduction(cols: dict[str, int], expected: dict[str, int]) -> None:
+    v = np.zeros(N_COLUMNS, dtype=np.int64)
+    for c, n in cols.items():
+        v[COL[c]] = n
+    got = v @ REDUCE
+    want = np.zeros(N_ROLL, dtype=np.int64)
+    for c, n in expected.items():
+        want[ROLL_COLUMNS.index(c)] = n
+    assert got.tolist() == want.tolist()
+
+
+def test_window_totals_and_rotation() -> None:
+    st_ = RollingStore()
+    st_.add(make_deltas([("provider:google", T0, {"delivered": 10})]))
+    st_.add(make_deltas([("provider:google", T0 + 60, {"delivered": 5, "deferred": 1})]))
+    tot = st_.window_totals("provider:google", 300)
+    assert tot[ROLL_COLUMNS.index("attempts")] == 16
+    # one hour later the first buckets have left the fine ring and been folded into the baseline
+    st_.advance_to(T0 + 3600 + 300)
+    assert st_.window_totals("provider:google", 3600).sum() == 0
+    assert st_.baseline[st_.rows["provider:google"], ROLL_COLUMNS.index("delivered")] > 14
+    # coarse ring still holds the hour
+    r = np.array([st_.rows["provider:google"]])
+    assert st_.coarse_sum(3, r)[0, 0] == 16
+
+
+def test_late_rows_dropped_and_counted() -> None:
+    st_ = RollingStore(RollingConfig(lateness_s=600))
+    st_.add(make_deltas([("provider:p", T0 + 3000, {"delivered": 1})]))
+    d = make_deltas(
+        [
+            ("provider:p", T0 + 3000 - 540, {"delivered": 2}),
+            ("provider:p", T0 + 3000 - 900, {"bounced": 7}),
+            ("ip:1", T0 + 3000 - 900, {"bounced": 7}),  # same events, another scope
+        ],
+        watermark=T0 + 3000,
+    )
+    st_.add(d)
+    assert st_.late_dropped == 7  # events, counted once (on the provider row)
+    assert st_.late_rows_dropped == 2
+    assert st_.window_totals("provider:p", 3600)[0] == 3
+    assert st_.window_totals("ip:1", 3600)[0] == 0
+
+
+def test_eviction_frees_rows_and_reuses_them() -> None:
+    st_ = RollingStore(RollingConfig(idle_evict_s=1800, initial_capacity=2))
+    st_.add(make_deltas([("domain:a.com", T0, {"delivered": 1})]))
+    st_.add(make_deltas([("domain:b.com", T0, {"delivered": 1})]))
+    old_row = st_.rows["domain:a.com"]
+    # b stays active, a goes idle
+    for k in range(1, 12):
+        st_.add(make_deltas([("domain:b.com", T0 + k * 300, {"delivered": 1})]))
+    assert "domain:a.com" not in st_
+    assert st_.evicted == 1
+    st_.add(make_deltas([("domain:c.com", T0 + 12 * 300, {"delivered": 4})]))
+    assert st_.rows["domain:c.com"] == old_row  # freed row reused
+    assert st_.window_totals("domain:c.com", 300)[0] == 4  # and it starts from zero
+    assert st_.capacity == 2
+
+
+def test_growth_by_doubling() -> None:
+    st_ = RollingStore(RollingConfig(initial_capacity=1))
+    rows = [(f"domain:d{i}.com", T0, {"delivered": i + 1}) for i in range(37)]
+    st_.add(make_deltas(rows))
+    assert st_.capacity == 64
+    assert len(st_) == 37
+    for i in range(37):
+        assert st_.window_totals(f"domain:d{i}.com", 60)[0] == i + 1
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError):
+        RollingStore(RollingConfig(lateness_s=5000))
+    with pytest.raises(ValueError):
+        RollingStore(RollingConfig(coarse_s=1000))
+
+
+def test_memory_per_scope_budget() -> None:
+    st_ = RollingStore()
+    assert st_.nbytes_per_scope() <= 2048 - 300  # room for the dict entry and the name
+
+
+_rows = st.lists(
+    st.tuples(
+        st.sampled_from(["provider:a", "ip:1", "domain:x.org"]),
+        st.integers(min_value=0, max_value=200),  # minute offset
+        st.integers(min_value=0, max_value=50),
+        st.integers(min_value=0, max_value=5),
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_rows)
+def test_property_window_equals_sum_of_accepted(rows: list[tuple[str, int, int, int]]) -> None:
+    """Totals over the ring == the sum of the added rows that were not dropped as late."""
+    cfg = RollingConfig(lateness_s=1200)
+    st_ = RollingStore(cfg)
+    expected: dict[str, int] = {}
+    dropped = 0
+    for scope, minute, dlv, bnc in rows:  # one row per tick, in arbitrary event-time order
+        start = T0 + minute * 60
+        wm_before = st_.watermark
+        st_.add(make_deltas([(scope, start, {"delivered": dlv, "bounced": bnc})], watermark=start))
+        wm = max(wm_before, start)
+        if start < wm - cfg.lateness_s:
+            dropped += (dlv + bnc) if scope.startswith("provider:") else 0
+        else:
+            expected[scope] = expected.get(scope, 0) + dlv + bnc
+    assert st_.late_dropped == dropped
+    head_start = (int(st_.watermark) // cfg.fine_s) * cfg.fine_s
+    for scope, total in expected.items():
+        r = st_.rows[scope]
+        in_ring = int(st_.fine[r, :, 0].sum(dtype=np.int64))
+        folded = float(st_.baseline[r, 0])
+        # everything accepted is either in the fine ring or was folded (with decay) into the
+        # baseline; with no fold, the ring holds it all
+        if folded == 0.0:
+            assert in_ring == total
+        else:
+            assert in_ring < total
+        # coarse ring (48 h) keeps every accepted row
+        assert int(st_.coarse[r, :, 0].sum(dtype=np.int64)) == total
+    assert head_start <= st_.watermark
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=30), min_size=1, max_size=40))
+def test_property_fine_sum_last_hour(values: list[int]) -> None:
+    """One row per 5-min bucket in order: the 12-bucket sum is the sum of the last 12 values."""
+    st_ = RollingStore()
+    for k, v in enumerate(values):
+        st_.add(make_deltas([("pool:p", T0 + k * 300, {"delivered": v})]))
+    r = np.array([st_.rows["pool:p"]])
+    assert int(st_.fine_sum(12, r)[0, 0]) == sum(values[-12:])
+    assert int(st_.fine_sum(3, r)[0, 0]) == sum(values[-3:])
+    assert int(st_.coarse_sum(48, r)[0, COARSE_IDX.tolist().index(0)]) == sum(values)
