@@ -1,0 +1,554 @@
+"""``repmon replay FILE...``: run ingest + rolling state + detectors over JSONL files, no Kafka.
+
+Events are fed in event-time order (several files are merged by timestamp; each file is expected
+to be roughly ordered, disorder within the Monitor's lateness is absorbed) through the same
+``Pipeline`` and ``Monitor`` the worker uses. Every ``--tick`` seconds of event time the pipeline is
+flushed into the Monitor and the detectors run. Output:
+
+* stdout: one JSON object per line per incident change, ``{"kind": "incident", "action":
+  "opened"|"closed", "id", "type", "scope", "opened_at", "closed_at", "severity", "evidence"}``;
+  at the end, incidents still open are *not* closed (their ``closed_at`` stays null);
+* stderr: a progress bar and a human summary (rich);
+* ``--report FILE.html``: a self-contained timeline (inline SVG generated here, no JavaScript, no
+  external assets): deferral and bounce rates per provider and the incident spans.
+
+Bad lines (invalid JSON, failed validation) are counted per reason and reported, never fatal.
+"""
+
+from __future__ import annotations
+
+import gzip
+import heapq
+import html
+import io
+import math
+import sys
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Annotated, Any
+
+import orjson
+import typer
+
+from models.incidents import IncidentChange
+from models.monitor import Monitor, MonitorConfig
+from models.pipeline import Pipeline, parse_timestamp
+from models.rolling import RollingConfig
+from models.schema import COL
+
+_PROGRESS_EVERY = 65536
+
+
+def _open(path: Path) -> tuple[IO[bytes], IO[bytes]]:
+    """(line reader, raw file for progress) of a plain or gzip file; '-' is stdin."""
+    if str(path) == "-":
+        return sys.stdin.buffer, sys.stdin.buffer
+    raw = path.open("rb")
+    head = raw.read(2)
+    raw.seek(0)
+    if head == b"\x1f\x8b":
+        return io.BufferedReader(gzip.GzipFile(fileobj=raw), buffer_size=1 << 20), raw
+    return raw, raw
+
+
+@dataclass
+class Timeline:
+    """Per-provider counts per ``bucket_s`` of event time, for the HTML report."""
+
+    bucket_s: int = 300
+    counts: dict[str, dict[int, list[int]]] = field(default_factory=dict)  # provider -> b -> cnt
+
+    _COLS = (
+        ("attempts", ("delivered", "deferred", "bounced", "rejected")),
+        ("deferred", ("deferred",)),
+        ("failed", ("bounced", "rejected")),
+    )
+
+    def add(self, d: Any) -> None:
+        prov = [i for i, s in enumerate(d.scopes) if s.startswith("provider:")]
+        if not prov:
+            return
+        want = set(prov)
+        for r in range(len(d)):
+            si = int(d.scope_idx[r])
+            if si not in want:
+                continue
+            name = d.scopes[si].partition(":")[2]
+            b = int(d.bucket_start[r]) // self.bucket_s
+            row = d.counts[r]
+            slot = self.counts.setdefault(name, {}).setdefault(b, [0, 0, 0])
+            for j, (_, cols) in enumerate(self._COLS):
+                slot[j] += int(sum(int(row[COL[c]]) for c in cols))
+
+
+@dataclass
+class ReplayStats:
+    lines: int = 0
+    accepted: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    ticks: int = 0
+    opened: Counter[str] = field(default_factory=Counter)
+    closed: int = 0
+    seconds: float = 0.0
+
+
+def _lines(paths: list[Path], progress: Any, task: Any) -> Iterator[bytes]:
+    """Lines of all files in order (single file) -- or merged by timestamp (several files)."""
+    if len(paths) == 1:
+        reader, raw = _open(paths[0])
+        n = 0
+        try:
+            for line in reader:
+                yield line
+                n += 1
+                if progress is not None and n % _PROGRESS_EVERY == 0 and raw.seekable():
+                    progress.update(task, completed=raw.tell())
+        finally:
+            if reader is not sys.stdin.buffer:
+                reader.close()
+        return
+    yield from _merged(paths, progress, task)
+
+
+def _keyed(path: Path) -> Iterator[tuple[float, int, bytes]]:
+    reader, _ = _open(path)
+    last = -math.inf
+    seq = 0
+    try:
+        for line in reader:
+            seq += 1
+            key = last
+            try:
+                obj = orjson.loads(line)
+                if isinstance(obj, dict) and "timestamp" in obj:
+                    key = parse_timestamp(obj["timestamp"])
+            except Exception:  # a bad line keeps its neighbour's position
+                key = last
+            last = max(last, key)
+            yield key, seq, line
+    finally:
+        if reader is not sys.stdin.buffer:
+            reader.close()
+
+
+def _merged(paths: list[Path], progress: Any, task: Any) -> Iterator[bytes]:
+    for n, (_, _, line) in enumerate(heapq.merge(*(_keyed(p) for p in paths)), 1):
+        if progress is not None and n % _PROGRESS_EVERY == 0:
+            progress.update(task, advance=_PROGRESS_EVERY)
+        yield line
+
+
+def replay_lines(
+    lines: Iterable[bytes],
+    monitor: Monitor,
+    pipeline: Pipeline,
+    tick_s: float = 60.0,
+    max_pending: int = 200_000,
+    out: IO[bytes] | None = None,
+    timeline: Timeline | None = None,
+    changes: list[IncidentChange] | None = None,
+) -> ReplayStats:
+    """The replay loop (also used by tests and the bench): feed, tick, detect, emit."""
+    stats = ReplayStats()
+    t0 = time.perf_counter()
+    feed = pipeline.feed
+    next_tick = -math.inf
+
+    def tick() -> None:
+        d = pipeline.flush()
+        monitor.add(d)
+        if timeline is not None:
+            timeline.add(d)
+        stats.ticks += 1
+        for ch in monitor.advance(d.watermark):
+            if ch.action == "opened":
+                stats.opened[ch.incident.type] += 1
+            else:
+                stats.closed += 1
+            if changes is not None:
+                changes.append(ch)
+            if out is not None:
+                out.write(orjson.dumps(ch.to_json()) + b"\n")
+        if out is not None:
+            out.flush()
+
+    pending = 0
+    for line in lines:
+        stats.lines += 1
+        if not line.strip():
+            stats.rejected["empty_line"] += 1
+            continue
+        try:
+            rej = feed(line.rstrip(b"\r\n"))
+        except Exception as exc:  # a bad line is never fatal
+            stats.rejected[f"error:{type(exc).__name__}"] += 1
+            continue
+        if rej is not None:
+            stats.rejected[rej.reason] += 1
+            continue
+        stats.accepted += 1
+        pending += 1
+        wm = pipeline.watermark
+        if wm >= next_tick or pending >= max_pending:
+            if next_tick != -math.inf:
+                tick()
+                pending = 0
+            next_tick = (math.floor(wm / tick_s) + 1) * tick_s
+    tick()
+    stats.seconds = time.perf_counter() - t0
+    return stats
+
+
+def shard_of(line: bytes, n: int) -> int:
+    """Shard of a raw JSONL line by recipient address (so one recipient's delivered and bounced
+    events meet in one Pipeline's known-good memory); lines without one shard by content."""
+    i = line.find(b'"recipient"')
+    if i >= 0:
+        j = line.find(b'"', i + 11)
+        k = line.find(b'"', j + 1) if j >= 0 else -1
+        if k > j >= 0:
+            return zlib.crc32(line[j + 1 : k].strip().lower()) % n
+    return zlib.crc32(line) % n
+
+
+def _shard_worker(
+    paths: list[Path], shard: int, n: int, tick_s: float, q: Any, max_pending: int
+) -> None:
+    pipeline = Pipeline(loads=orjson.loads)
+    feed = pipeline.feed
+    lines = accepted = 0
+    reasons: Counter[str] = Counter()
+    next_tick = -math.inf
+    pending = 0
+    for line in _lines(paths, None, None):
+        if shard_of(line, n) != shard:
+            continue
+        lines += 1
+        if not line.strip():
+            reasons["empty_line"] += 1
+            continue
+        try:
+            rej = feed(line.rstrip(b"\r\n"))
+        except Exception as exc:  # a bad line is never fatal
+            reasons[f"error:{type(exc).__name__}"] += 1
+            continue
+        if rej is not None:
+            reasons[rej.reason] += 1
+            continue
+        accepted += 1
+        pending += 1
+        wm = pipeline.watermark
+        if wm >= next_tick or pending >= max_pending:
+            if next_tick != -math.inf:
+                q.put(("d", shard, next_tick, pipeline.flush()))
+                pending = 0
+            next_tick = (math.floor(wm / tick_s) + 1) * tick_s
+    q.put(("d", shard, math.inf, pipeline.flush()))
+    q.put(("end", shard, lines, accepted, dict(reasons)))
+
+
+def replay_parallel(
+    paths: list[Path],
+    monitor: Monitor,
+    jobs: int,
+    tick_s: float = 60.0,
+    out: IO[bytes] | None = None,
+    timeline: Timeline | None = None,
+    changes: list[IncidentChange] | None = None,
+    max_pending: int = 200_000,
+) -> ReplayStats:
+    """Like :func:`replay_lines` with ``jobs`` Pipeline processes, each owning the recipients of
+    one shard; their Deltas are additive and are merged per event-time tick into one Monitor."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    q = ctx.Queue(maxsize=256)
+    procs = [
+        ctx.Process(
+            target=_shard_worker, args=(paths, i, jobs, tick_s, q, max_pending), daemon=True
+        )
+        for i in range(jobs)
+    ]
+    stats = ReplayStats()
+    t0 = time.perf_counter()
+    for p in procs:
+        p.start()
+    reported = [-math.inf] * jobs
+    live = set(range(jobs))
+    buffered: dict[float, list[Any]] = {}
+
+    def run_tick(deltas: list[Any]) -> None:
+        for d in deltas:
+            monitor.add(d)
+            if timeline is not None:
+                timeline.add(d)
+        stats.ticks += 1
+        wm = max(d.watermark for d in deltas)
+        for ch in monitor.advance(wm):
+            if ch.action == "opened":
+                stats.opened[ch.incident.type] += 1
+            else:
+                stats.closed += 1
+            if changes is not None:
+                changes.append(ch)
+            if out is not None:
+                out.write(orjson.dumps(ch.to_json()) + b"\n")
+        if out is not None:
+            out.flush()
+
+    while live:
+        msg = q.get()
+        if msg[0] == "end":
+            _, shard, lines, accepted, reasons = msg
+            stats.lines += lines
+            stats.accepted += accepted
+            stats.rejected.update(reasons)
+            live.discard(shard)
+            reported[shard] = math.inf
+        else:
+            _, shard, boundary, d = msg
+            reported[shard] = boundary
+            buffered.setdefault(boundary, []).append(d)
+        ready = min(reported)
+        for b in sorted(k for k in buffered if k <= ready):
+            run_tick(buffered.pop(b))
+    for b in sorted(buffered):
+        run_tick(buffered.pop(b))
+    for p in procs:
+        p.join()
+    stats.seconds = time.perf_counter() - t0
+    return stats
+
+
+def render_report(timeline: Timeline, incidents: list[dict[str, Any]], title: str) -> str:
+    """Self-contained HTML: per-provider deferral/bounce rate lines and incident spans (SVG)."""
+    provs = sorted(
+        timeline.counts,
+        key=lambda p: -sum(v[0] for v in timeline.counts[p].values()),
+    )[:8]
+    all_b = [b for p in provs for b in timeline.counts[p]]
+    if not all_b:
+        return f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title><p>No data."
+    b0, b1 = min(all_b), max(all_b)
+    t0, t1 = b0 * timeline.bucket_s, (b1 + 1) * timeline.bucket_s
+    w, h, left, right = 1100, 220, 60, 170
+    pw = w - left - right
+    palette = [
+        "#1f77b4",
+        "#d62728",
+        "#2ca02c",
+        "#9467bd",
+        "#ff7f0e",
+        "#8c564b",
+        "#e377c2",
+        "#17becf",
+    ]
+
+    def x(t: float) -> float:
+        return left + (t - t0) / max(t1 - t0, 1) * pw
+
+    def panel(label: str, j: int) -> str:
+        ymax = 0.0
+        series = []
+        for p in provs:
+            pts = []
+            for b in sorted(timeline.counts[p]):
+                c = timeline.counts[p][b]
+                if c[0] >= 20:
+                    r = c[j] / c[0]
+                    pts.append((b * timeline.bucket_s + timeline.bucket_s / 2, r))
+                    ymax = max(ymax, r)
+            series.append(pts)
+        ymax = max(0.05, min(1.0, ymax * 1.1))
+        parts = [f'<svg width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img">']
+        parts.append(f'<text x="{left}" y="14" font-size="13" font-weight="bold">{label}</text>')
+        for k in range(5):
+            yv = ymax * k / 4
+            yy = h - 25 - (h - 45) * k / 4
+            parts.append(
+                f'<line x1="{left}" x2="{left + pw}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#eee"/>'
+            )
+            parts.append(
+                f'<text x="{left - 5}" y="{yy + 4:.1f}" font-size="10" text-anchor="end">{yv:.0%}</text>'
+            )
+        for i, pts in enumerate(series):
+            if not pts:
+                continue
+            d = " ".join(
+                f"{x(t):.1f},{h - 25 - (h - 45) * min(r, ymax) / ymax:.1f}" for t, r in pts
+            )
+            col = palette[i % len(palette)]
+            parts.append(f'<polyline fill="none" stroke="{col}" stroke-width="1.5" points="{d}"/>')
+            parts.append(
+                f'<text x="{left + pw + 8}" y="{30 + 14 * i}" font-size="11" fill="{col}">{html.escape(provs[i])}</text>'
+            )
+        parts.append(_time_axis(x, t0, t1, h - 10))
+        parts.append("</svg>")
+        return "".join(parts)
+
+    lanes = sorted({(i["type"], i["scope"]) for i in incidents})
+    lh = 18
+    ih = max(60, 30 + lh * len(lanes))
+    spans = [f'<svg width="{w}" height="{ih}" viewBox="0 0 {w} {ih}" role="img">']
+    spans.append(f'<text x="{left}" y="14" font-size="13" font-weight="bold">Incidents</text>')
+    colors = {
+        "provider_outage": "#ff7f0e",
+        "rate_limited": "#bcbd22",
+        "block": "#d62728",
+        "false_hard_bounces": "#9467bd",
+        "hard_bounce_spike": "#8c564b",
+        "complaint_spike": "#e377c2",
+        "auth_failure": "#17becf",
+    }
+    for i in incidents:
+        k = lanes.index((i["type"], i["scope"]))
+        y = 22 + lh * k
+        a = x(max(t0, i["opened_at"]))
+        b = x(min(t1, i["closed_at"] if i["closed_at"] is not None else t1))
+        col = colors.get(i["type"], "#777")
+        tip = html.escape(f"{i['type']} {i['scope']} ({i['severity']})")
+        spans.append(
+            f'<rect x="{a:.1f}" y="{y}" width="{max(2.0, b - a):.1f}" height="{lh - 4}" fill="{col}" opacity="0.8"><title>{tip}</title></rect>'
+        )
+        spans.append(f'<text x="{left + pw + 8}" y="{y + 11}" font-size="10">{tip}</text>')
+    spans.append(_time_axis(x, t0, t1, ih - 5))
+    spans.append("</svg>")
+    body = "\n".join(
+        [
+            panel("Deferral rate per provider (5 min)", 1),
+            panel("Bounce rate per provider (5 min)", 2),
+            "".join(spans),
+        ]
+    )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title>"
+        "<style>body{font-family:system-ui,sans-serif;margin:20px}svg{display:block;margin:10px 0}"
+        "text{font-family:system-ui,sans-serif}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p>{len(incidents)} incidents. Event time in UTC.</p>"
+        f"{body}</body></html>"
+    )
+
+
+def _time_axis(x: Any, t0: float, t1: float, y: float) -> str:
+    span = max(t1 - t0, 1)
+    step = next(
+        s
+        for s in (300, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 604800)
+        if span / s <= 12
+    )
+    out = []
+    t = math.ceil(t0 / step) * step
+    while t <= t1:
+        label = time.strftime("%d %H:%M", time.gmtime(t))
+        out.append(
+            f'<text x="{x(t):.1f}" y="{y}" font-size="10" text-anchor="middle">{label}</text>'
+        )
+        t += step
+    return "".join(out)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("replay")
+    def replay(
+        files: Annotated[
+            list[Path], typer.Argument(help="JSONL files of canonical events (.gz ok, '-' = stdin)")
+        ],
+        report: Annotated[
+            Path | None, typer.Option("--report", help="write a self-contained HTML timeline here")
+        ] = None,
+        tick: Annotated[
+            float, typer.Option("--tick", help="event-time seconds between detector runs")
+        ] = 60.0,
+        lateness: Annotated[
+            float, typer.Option("--lateness", help="accept events this late (s)")
+        ] = 900.0,
+        warmup: Annotated[
+            float, typer.Option("--warmup", help="no incident opens in the first N s of event time")
+        ] = 1800.0,
+        quiet: Annotated[
+            bool, typer.Option("--quiet", "-q", help="no progress bar or summary")
+        ] = False,
+        jobs: Annotated[
+            int,
+            typer.Option(
+                "--jobs", "-j", help="ingest processes (recipient shards); 1 = in-process"
+            ),
+        ] = 1,
+    ) -> None:
+        """Replay canonical events through the models; incidents as JSON lines on stdout."""
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.table import Table
+
+        for p in files:
+            if str(p) != "-" and not p.exists():
+                raise typer.BadParameter(f"no such file: {p}")
+        err = Console(stderr=True)
+        mon = Monitor(MonitorConfig(rolling=RollingConfig(lateness_s=lateness), warmup_s=warmup))
+        pipe = Pipeline(loads=orjson.loads)
+        timeline = Timeline() if report else None
+        changes: list[IncidentChange] = []
+        total = sum(p.stat().st_size for p in files if str(p) != "-") if len(files) == 1 else None
+        progress = None if quiet else Progress(
+            TextColumn("replay"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+            TimeRemainingColumn(), console=err, transient=True,
+        )  # fmt: skip
+        out = sys.stdout.buffer
+        if jobs > 1:
+            if "-" in [str(f) for f in files]:
+                raise typer.BadParameter("--jobs > 1 needs files, not stdin")
+            if not quiet:
+                err.print(f"replay: {jobs} ingest processes ...")
+            stats = replay_parallel(
+                files, mon, jobs, tick, out=out, timeline=timeline, changes=changes
+            )
+        elif progress is not None:
+            with progress:
+                task = progress.add_task("replay", total=total)
+                stats = replay_lines(
+                    _lines(files, progress, task), mon, pipe, tick, out=out,
+                    timeline=timeline, changes=changes,
+                )  # fmt: skip
+        else:
+            stats = replay_lines(
+                _lines(files, None, None), mon, pipe, tick, out=out,
+                timeline=timeline, changes=changes,
+            )  # fmt: skip
+        if report is not None and timeline is not None:
+            incidents: dict[str, dict[str, Any]] = {}
+            for ch in changes:
+                incidents[ch.incident.id] = ch.to_json()
+            report.write_text(
+                render_report(
+                    timeline,
+                    list(incidents.values()),
+                    f"repmon replay: {', '.join(str(f) for f in files)}",
+                ),
+                encoding="utf-8",
+            )
+        if quiet:
+            return
+        met = mon.metrics()
+        rate = stats.lines / max(stats.seconds, 1e-9)
+        t = Table(title="repmon replay", show_header=False)
+        t.add_row("lines", f"{stats.lines:,}")
+        t.add_row("accepted events", f"{stats.accepted:,}")
+        t.add_row("bad lines", f"{sum(stats.rejected.values()):,}" + (
+            " (" + ", ".join(f"{k}: {v}" for k, v in stats.rejected.most_common()) + ")"
+            if stats.rejected else ""))  # fmt: skip
+        t.add_row("late dropped", f"{met['late_dropped']:,}")
+        t.add_row("speed", f"{rate:,.0f} lines/s ({stats.seconds:.1f} s)")
+        t.add_row("scopes active / evicted", f"{met['active_scopes']:,} / {met['evicted']:,}")
+        t.add_row(
+            "incidents opened",
+            ", ".join(f"{k}: {v}" for k, v in sorted(stats.opened.items())) or "none",
+        )
+        t.add_row("still open", str(len(mon.open_incidents())))
+        if report is not None:
+            t.add_row("report", str(report))
+        err.print(t)
