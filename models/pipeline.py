@@ -61,6 +61,28 @@ _STR_FIELDS = (
     "feedback_type",
 )
 KNOWN_FIELDS = frozenset({"event", "timestamp", "smtp_code", *_STR_FIELDS})
+#: the fields that make up a scope combination (cached per distinct combination)
+_COMBO_FIELDS = (
+    "recipient_domain",
+    "mx_host",
+    "sending_ip",
+    "pool",
+    "sender_domain",
+    "tenant",
+    "campaign",
+)
+#: string fields checked on every event
+_EVENT_STR_FIELDS = tuple(f for f in _STR_FIELDS if f not in _COMBO_FIELDS)
+
+
+def _first_bad_type(key: tuple[Any, ...]) -> str:
+    """'<field> must be a string' for the first non-string scope field, else ''."""
+    for name, v in zip(_COMBO_FIELDS, key, strict=True):
+        if v is not None and not isinstance(v, str):
+            return f"{name} must be a string"
+    return ""
+
+
 REJECTION_REASONS = (
     "too_large",
     "bad_json",
@@ -266,7 +288,8 @@ class Pipeline:
             raise InvalidEvent(
                 "bad_timestamp", f"timestamp more than {self.max_future_skew_s:g} s in the future"
             )
-        for name in _STR_FIELDS:
+        # the scope fields are checked once per distinct combination, in _resolve_combo
+        for name in _EVENT_STR_FIELDS:
             v = obj.get(name)
             if v is not None:
                 if not isinstance(v, str):
@@ -289,7 +312,7 @@ class Pipeline:
         if rdomain is None:
             if recipient is None:
                 raise InvalidEvent("missing_field", "recipient or recipient_domain")
-            at = recipient.rfind("@")
+            at = recipient.rfind("@")  # recipient was type-checked above
             if at < 0:
                 raise InvalidEvent("bad_domain", "recipient has no @domain")
             rdomain = recipient[at + 1 :]
@@ -303,7 +326,10 @@ class Pipeline:
             obj.get("tenant"),
             obj.get("campaign"),
         )
-        combo = self._combo.get(combo_key)
+        try:
+            combo = self._combo.get(combo_key)
+        except TypeError:  # an unhashable value (list, object) in a scope field
+            raise InvalidEvent("wrong_type", _first_bad_type(combo_key)) from None
         if combo is None:
             combo = self._resolve_combo(combo_key)
         if isinstance(combo, Rejection):
@@ -342,13 +368,31 @@ class Pipeline:
     def _resolve_combo(self, key: tuple[str | None, ...]) -> int | Rejection:
         rdomain, mx_host, ip, pool, sender, tenant, campaign = key
         res: int | Rejection
-        dom = normalise_domain(rdomain) if rdomain is not None else None
-        sdom = normalise_domain(sender) if sender else None
-        if dom is None:
+        bad = _first_bad_type(key)
+        too_long = (
+            next(
+                (
+                    n
+                    for n, v in zip(_COMBO_FIELDS, key, strict=True)
+                    if v and len(v) > MAX_FIELD_CHARS
+                ),
+                None,
+            )
+            if not bad
+            else None
+        )
+        if bad:
+            res = Rejection("wrong_type", bad)
+        elif too_long:
+            res = Rejection(
+                "field_too_long", f"{too_long} longer than {MAX_FIELD_CHARS} characters"
+            )
+        elif (dom := normalise_domain(rdomain) if rdomain is not None else None) is None:
             res = Rejection("bad_domain", "recipient domain is not a valid domain name")
-        elif sender and sdom is None:
+        elif sender and (sdom := normalise_domain(sender)) is None:
             res = Rejection("bad_domain", "sender_domain is not a valid domain name")
         else:
+            sdom = normalise_domain(sender) if sender else None
             mx = (mx_host or "").strip().lower().rstrip(".")
             provider, operator = self.resolver.resolve(dom, mx)
             values = (dom, provider, operator, ip, pool, sdom, tenant, campaign)
