@@ -6,15 +6,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 #: The incident vocabulary, in documentation order.
-INCIDENT_TYPES: Final[tuple[str, ...]] = (
-    "provider_outage",
-    "rate_limited",
-    "block",
-    "false_hard_bounces",
-    "hard_bounce_spike",
-    "complaint_spike",
-    "auth_failure",
-)
 SEVERITIES: Final[tuple[str, ...]] = ("warning", "critical")
 
 

@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 
 from models.deltas import Deltas
 from models.detectors import DEFAULT_DETECTORS, DetectorSpec, WindowTest, run_window, shrunk_rate
-from models.incidents import INCIDENT_TYPES, Incident, IncidentChange, incident_id
+from models.incidents import Incident, IncidentChange, incident_id
 from models.rolling import (
     COARSE_COLUMNS,
     N_ROLL,
@@ -46,7 +46,7 @@ from models.rolling import (
     RollingStore,
     scope_kind,
 )
-from models.schema import SCOPE_KINDS
+from models.schema import INCIDENT_TYPES, SCOPE_KINDS
 
 F64 = NDArray[np.float64]
 _KIND_CODE = {k: i for i, k in enumerate(SCOPE_KINDS)}

@@ -103,3 +103,14 @@ COLUMNS: Final[tuple[str, ...]] = (
 COL: Final[dict[str, int]] = {c: i for i, c in enumerate(COLUMNS)}
 N_COLUMNS: Final[int] = len(COLUMNS)
 CLASS_COLUMN_OFFSET: Final[int] = len(EVENT_KINDS)
+
+#: Incident types (docs/incidents.md).
+INCIDENT_TYPES: Final[tuple[str, ...]] = (
+    "provider_outage",
+    "rate_limited",
+    "block",
+    "false_hard_bounces",
+    "hard_bounce_spike",
+    "complaint_spike",
+    "auth_failure",
+)

@@ -42,15 +42,6 @@ SCENARIOS: Final[tuple[str, ...]] = (
     "mixed",
 )
 
-INCIDENT_TYPES: Final[tuple[str, ...]] = (
-    "provider_outage",
-    "rate_limited",
-    "block",
-    "false_hard_bounces",
-    "hard_bounce_spike",
-    "complaint_spike",
-    "auth_failure",
-)
 
 DEFAULT_START: Final[float] = _dt.datetime(2026, 11, 16, tzinfo=_dt.UTC).timestamp()
 

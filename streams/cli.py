@@ -27,13 +27,7 @@ VERB_MODULES = (
 )
 
 for _name in VERB_MODULES:
-    try:
-        _mod = importlib.import_module(_name)
-    except ModuleNotFoundError as exc:  # a verb still being written in this checkout
-        if exc.name != _name:
-            raise
-        continue
-    _mod.register(app)
+    importlib.import_module(_name).register(app)
 
 
 def main() -> None:

@@ -12,9 +12,8 @@ from hypothesis import strategies as st
 from models.baselines import CountTriggers, StaticThreshold
 from models.deltas import Deltas
 from models.detectors import DEFAULT_DETECTORS, DetectorSpec, run_window, shrunk_rate, zscore
-from models.incidents import INCIDENT_TYPES
 from models.rolling import ROLL_COLUMNS
-from models.schema import COL, N_COLUMNS, SCOPE_KINDS
+from models.schema import COL, INCIDENT_TYPES, N_COLUMNS, SCOPE_KINDS
 
 SPEC = DetectorSpec(
     "block", kinds=("ip",), num="block", min_den=60, min_num=15, min_ratio=3.0, min_abs=0.05

@@ -14,10 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models.providers import ProviderResolver
-from models.schema import EVENT_KINDS, SCOPE_KINDS
+from models.schema import EVENT_KINDS, INCIDENT_TYPES, SCOPE_KINDS
 from models.simulation import (
     DEFAULT_START,
-    INCIDENT_TYPES,
     SCENARIOS,
     SimConfig,
     Simulator,
