@@ -96,6 +96,26 @@ class ReplayStats:
     seconds: float = 0.0
 
 
+def _emit(
+    found: Iterable[IncidentChange],
+    stats: ReplayStats,
+    changes: list[IncidentChange] | None,
+    out: IO[bytes] | None,
+) -> None:
+    """Count incident changes, keep them if asked, and write them as JSON lines."""
+    for ch in found:
+        if ch.action == "opened":
+            stats.opened[ch.incident.type] += 1
+        else:
+            stats.closed += 1
+        if changes is not None:
+            changes.append(ch)
+        if out is not None:
+            out.write(orjson.dumps(ch.to_json()) + b"\n")
+    if out is not None:
+        out.flush()
+
+
 def _lines(paths: list[Path], progress: Any, task: Any) -> Iterator[bytes]:
     """Lines of all files in order (single file) -- or merged by timestamp (several files)."""
     if len(paths) == 1:
@@ -164,17 +184,7 @@ def replay_lines(
         if timeline is not None:
             timeline.add(d)
         stats.ticks += 1
-        for ch in monitor.advance(d.watermark):
-            if ch.action == "opened":
-                stats.opened[ch.incident.type] += 1
-            else:
-                stats.closed += 1
-            if changes is not None:
-                changes.append(ch)
-            if out is not None:
-                out.write(orjson.dumps(ch.to_json()) + b"\n")
-        if out is not None:
-            out.flush()
+        _emit(monitor.advance(d.watermark), stats, changes, out)
 
     pending = 0
     for line in lines:
@@ -287,18 +297,7 @@ def replay_parallel(
             if timeline is not None:
                 timeline.add(d)
         stats.ticks += 1
-        wm = max(d.watermark for d in deltas)
-        for ch in monitor.advance(wm):
-            if ch.action == "opened":
-                stats.opened[ch.incident.type] += 1
-            else:
-                stats.closed += 1
-            if changes is not None:
-                changes.append(ch)
-            if out is not None:
-                out.write(orjson.dumps(ch.to_json()) + b"\n")
-        if out is not None:
-            out.flush()
+        _emit(monitor.advance(max(d.watermark for d in deltas)), stats, changes, out)
 
     while live:
         msg = q.get()
