@@ -95,6 +95,10 @@ def _spawn(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.P
     )
 
 
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def _stop(proc: subprocess.Popen[bytes] | None, name: str, console: Console) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -131,6 +135,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the monitor: local broker + worker + simulated traffic, with a live summary."""
         console = Console(stderr=True)
+        # Ctrl-C and `kill` both stop everything this command started, even when it was
+        # launched with SIGINT ignored (a background job of a non-interactive shell).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _raise_interrupt)
         settings = Settings()
         env = dict(os.environ)
         env.setdefault("REPMON_PYTHON", sys.executable)
