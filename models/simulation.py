@@ -1319,22 +1319,7 @@ class Simulator:
         provs = self.dom_provider
         out: list[dict[str, Any]] = []
         append = out.append
-        cols = [
-            tab[k].tolist()
-            for k in (
-                "t",
-                "kind",
-                "msg",
-                "tenant",
-                "campaign",
-                "sender",
-                "ip",
-                "dom",
-                "rcpt",
-                "reply",
-                "tok",
-            )
-        ]
+        cols = [tab[k].tolist() for k in _EV_FIELDS]
         for t, kind, msg, ten, camp, snd, ip, d, rc, rep, tok in zip(*cols, strict=True):
             dn = names[d]
             ev: dict[str, Any] = {
