@@ -123,7 +123,7 @@ def register(app: typer.Typer) -> None:
         speedup: float = typer.Option(
             60.0, "--speedup", help="simulated seconds per wall-clock second"
         ),
-        duration: str = typer.Option("12h", "--duration", help="simulated span"),
+        duration: str = typer.Option("6h", "--duration", help="simulated span"),
         seed: int = typer.Option(1, "--seed"),
         simulate: bool = typer.Option(True, "--simulate/--no-simulate", help="run the simulator"),
         run_for: float = typer.Option(
