@@ -17,9 +17,11 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import chain, compress, repeat
+from operator import methodcaller
 from typing import Any, Protocol
 
 import numpy as np
@@ -153,9 +155,15 @@ class PipelineStats:
     by_kind: list[int] = field(default_factory=lambda: [0] * len(EVENT_KIND_CODE))
 
 
+def _recipient_bytes(address: str) -> bytes:
+    """The bytes hashed for a recipient: the trimmed, lower-cased address in UTF-8 (a lone
+    surrogate, which some JSON decoders let through, is kept as its code point, never an error)."""
+    return address.strip().lower().encode("utf-8", "surrogatepass")
+
+
 def recipient_key(address: str) -> str:
     """The documented pseudonym of a recipient: hex SHA-256 of the trimmed, lower-cased address."""
-    return hashlib.sha256(address.strip().lower().encode("utf-8")).hexdigest()
+    return hashlib.sha256(_recipient_bytes(address)).hexdigest()
 
 
 def normalise_domain(raw: str) -> str | None:
@@ -174,7 +182,10 @@ def parse_timestamp(value: object) -> float:
     if isinstance(value, bool):
         raise InvalidEvent("wrong_type", "timestamp must be a number or an RFC 3339 string")
     if isinstance(value, int | float):
-        ts = float(value)
+        try:
+            ts = float(value)
+        except OverflowError:
+            raise InvalidEvent("bad_timestamp", "timestamp out of range") from None
     elif isinstance(value, str):
         try:
             dt = datetime.fromisoformat(value.strip())
@@ -226,13 +237,18 @@ class Pipeline:
         self._loads = loads
         self.stats = PipelineStats()
         self.watermark = 0.0
+        self._flushed_watermark = 0.0
         # interning
         self._scope_ids: dict[str, int] = {}
         self._scope_names: list[str] = []
         self._combo: dict[tuple[str | None, ...], int | Rejection] = {}
         self._combo_scopes: list[tuple[int, ...]] = []
+        #: per scope dimension: raw value -> scope id (skips formatting the scope name)
+        self._dim_ids: list[dict[str, int]] = [{} for _ in SCOPE_KINDS]
+        self._domains: dict[str, str | None] = {}
         self._combo_provider: list[tuple[str, str]] = []
         self._combo_arr: NDArray[np.int64] = np.zeros((0, _N_DIMS), dtype=np.int64)
+        self._combo_len = 0  # rows of _combo_arr in use
         self._reply_cache: dict[
             tuple[int | None, str | None, str, int, int], tuple[int, int, int]
         ] = {}
@@ -244,14 +260,11 @@ class Pipeline:
 
     def feed(self, raw: bytes) -> Rejection | None:
         """Decode one message and count it; returns the rejection if it was not accepted."""
-        if len(raw) > MAX_EVENT_BYTES:
-            return self._reject("too_large", f"{len(raw)} bytes > {MAX_EVENT_BYTES}")
-        try:
-            obj = self._loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return self._reject("bad_json", str(exc)[:200])
+        obj, rej = self._decode(raw)
+        if rej is not None:
+            return rej
         if not isinstance(obj, dict):
-            return self._reject("not_an_object", f"top-level JSON {type(obj).__name__}")
+            return self._reject("not_an_object", _not_object(obj))
         return self.feed_obj(obj)
 
     def feed_obj(self, obj: Mapping[str, Any]) -> Rejection | None:
@@ -337,8 +350,8 @@ class Pipeline:
 
         # recipient key: only what the known-good memory needs; the address goes no further.
         rkey = 0
-        if recipient is not None and (kind == _KIND_DELIVERED or kind in _REPLY_KIND_CODES):
-            digest = hashlib.sha256(recipient.strip().lower().encode("utf-8")).digest()
+        if recipient is not None and kind in _HASHED_KINDS:
+            digest = hashlib.sha256(_recipient_bytes(recipient)).digest()
             rkey = int.from_bytes(digest[:8], "little")
 
         cls = NO_CLASS
@@ -365,54 +378,312 @@ class Pipeline:
         if ts > self.watermark:
             self.watermark = ts
 
+    # -- per batch ---------------------------------------------------------------------------
+
+    def feed_many(self, raws: Sequence[bytes]) -> list[tuple[int, Rejection]]:
+        """Decode and count a batch of messages; returns ``(index, rejection)`` of the rejected.
+
+        The result, the columns (in input order), the statistics and the watermark are exactly
+        those of calling :meth:`feed` on each message in turn (tests/test_pipeline.py checks it
+        on generated batches of good and bad events). Each check of :meth:`_add` runs once per
+        column over the batch instead of once per event: field values are gathered with C-level
+        ``map`` calls, types are checked on the set of types of a column, lengths and ranges
+        with ``max``/``min`` or numpy, enhanced codes once per distinct value, scope combinations
+        through the combination cache. The rows that fail a check (and any row when something
+        unexpected happens) go through :meth:`feed_obj`, which gives the exact rejection.
+        """
+        out: list[tuple[int, Rejection]] = []
+        try:
+            if max(map(len, raws), default=0) > MAX_EVENT_BYTES:
+                raise ValueError
+            objs: list[Any] = list(map(self._loads, raws))
+        except (ValueError, UnicodeDecodeError):  # decode one by one: which ones are bad
+            objs = []
+            for i, raw in enumerate(raws):
+                obj, rej = self._decode(raw)
+                if rej is not None:
+                    out.append((i, rej))
+                objs.append(obj)
+        if len(set(map(type, objs))) == 1 and type(objs[0]) is dict:
+            rows: list[int] | range = range(len(objs))
+            dicts: list[dict[str, Any]] = objs
+        else:
+            rows = []
+            for i, obj in enumerate(objs):
+                if type(obj) is dict:
+                    rows.append(i)
+                elif obj is not _BAD:
+                    out.append((i, self._reject("not_an_object", _not_object(obj))))
+            dicts = [objs[i] for i in rows]
+        if dicts:
+            slow = self._add_many(dicts, raws)
+            for j, obj in slow:
+                rej = self.feed_obj(obj)  # placed in order by _add_many's segments
+                if rej is not None:
+                    out.append((rows[j], rej))
+        if len(out) > 1:
+            out.sort(key=_first)
+        return out
+
+    def _decode(self, raw: bytes) -> tuple[Any, Rejection | None]:
+        if len(raw) > MAX_EVENT_BYTES:
+            return _BAD, self._reject("too_large", f"{len(raw)} bytes > {MAX_EVENT_BYTES}")
+        try:
+            return self._loads(raw), None
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _BAD, self._reject("bad_json", str(exc)[:200])
+
+    def _add_many(
+        self, objs: list[dict[str, Any]], raws: Sequence[bytes]
+    ) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Count the rows that pass every check in bulk; yield the others, in input order,
+        between the bulk appends so the columns keep the input order."""
+        try:
+            bad, cols = self._check_many(objs, raws)
+        except Exception:  # anything unexpected: the per-event path decides every row
+            yield from enumerate(objs)
+            return
+        start = 0
+        for j in sorted(bad):
+            self._append_many(cols, start, j)
+            yield j, objs[j]
+            start = j + 1
+        self._append_many(cols, start, len(objs))
+
+    def _check_many(
+        self, objs: list[dict[str, Any]], raws: Sequence[bytes]
+    ) -> tuple[set[int], _Batch]:
+        n = len(objs)
+        get = dict.get
+        bad: set[int] = set()
+
+        def column(name: str) -> list[Any]:
+            return list(map(get, objs, repeat(name, n)))
+
+        # unknown fields are counted, never rejected (counted at the end for the good rows;
+        # feed_obj counts them for the others)
+        extra = (
+            []
+            if KNOWN_FIELDS.issuperset(chain.from_iterable(objs))
+            else [j for j, o in enumerate(objs) if not KNOWN_FIELDS.issuperset(o)]
+        )
+        # event
+        events = column("event")
+        if set(map(type, events)) == {str}:
+            kinds: list[int | None] = list(map(EVENT_KIND_CODE.get, events))
+        else:
+            kinds = [EVENT_KIND_CODE.get(e) if type(e) is str else None for e in events]
+        if None in kinds:
+            bad.update(j for j, k in enumerate(kinds) if k is None)
+        # timestamp
+        tsv = column("timestamp")
+        if not set(map(type, tsv)) <= _NUMBER_TYPES:  # RFC 3339 strings, or bad values
+            fixed: list[Any] = []
+            for j, v in enumerate(tsv):
+                if type(v) in _NUMBER_TYPES:
+                    fixed.append(v)
+                    continue
+                try:
+                    fixed.append(parse_timestamp(v) if type(v) is str else None)
+                except InvalidEvent:
+                    fixed.append(None)
+                if fixed[-1] is None:
+                    bad.add(j)
+                    fixed[-1] = 0.0
+            tsv = fixed
+        ts = np.array(tsv, dtype=np.float64)
+        ok = np.isfinite(ts) & (ts >= MIN_TIMESTAMP)
+        if self.clock is not None:
+            ok &= ts <= self.clock() + self.max_future_skew_s
+        if not ok.all():
+            bad.update(np.flatnonzero(~ok).tolist())
+        # the other string fields of every event
+        strs: dict[str, list[Any]] = {}
+        typed: set[str] = set()  # the fields whose values are all strings or null
+        short = max(map(len, raws)) <= MAX_FIELD_CHARS  # then no string can be too long
+        for name in _EVENT_STR_FIELDS:
+            col = strs[name] = column(name)
+            lim = MAX_RESPONSE_CHARS if name == "response" else MAX_FIELD_CHARS
+            if set(map(type, col)) <= _OPT_STR_TYPES:
+                typed.add(name)
+                if short or max(map(len, filter(None, col)), default=0) <= lim:
+                    continue
+            bad.update(
+                j
+                for j, v in enumerate(col)
+                if v is not None and (type(v) is not str or len(v) > lim)
+            )
+        codes = column("smtp_code")
+        if not set(map(type, codes)) <= _OPT_INT_TYPES:
+            bad.update(j for j, v in enumerate(codes) if v is not None and type(v) is not int)
+            present = [v for v in codes if type(v) is int]
+        else:
+            present = list(filter(None, codes))
+        if (present and (min(present) < 200 or max(present) > 599)) or 0 in codes:
+            bad.update(j for j, v in enumerate(codes) if type(v) is int and not 200 <= v <= 599)
+        enhs = strs["enhanced_code"]
+        if "enhanced_code" in typed:
+            distinct = set(enhs)
+            distinct.discard(None)
+        else:
+            distinct = {v for v in enhs if type(v) is str}
+        wrong = {v for v in distinct if not _ENH_RE.match(v)}
+        if wrong:
+            bad.update(j for j, v in enumerate(enhs) if type(v) is str and v in wrong)
+        # recipient domain, then the scope combination
+        rcpts = strs["recipient"]
+        rdoms = column("recipient_domain")
+        if None in rdoms:
+            for j, d in enumerate(rdoms):
+                if d is None:
+                    r = rcpts[j]
+                    at = r.rfind("@") if type(r) is str else -1
+                    if at < 0:
+                        bad.add(j)
+                    else:
+                        rdoms[j] = r[at + 1 :]
+        keys = list(
+            zip(
+                rdoms,
+                column("mx_host"),
+                column("sending_ip"),
+                column("pool"),
+                column("sender_domain"),
+                column("tenant"),
+                column("campaign"),
+                strict=True,
+            )
+        )
+        cache = self._combo
+        try:
+            combos: list[Any] = list(map(cache.get, keys))
+        except TypeError:  # an unhashable value somewhere: find it row by row
+            combos = []
+            for j, k in enumerate(keys):
+                try:
+                    combos.append(cache.get(k))
+                except TypeError:
+                    combos.append(-1)
+                    bad.add(j)
+        if None in combos:
+            for j, c in enumerate(combos):
+                if c is None and j not in bad:
+                    c = cache.get(keys[j])
+                    combos[j] = c if c is not None else self._resolve_combo(keys[j])
+        if set(map(type, combos)) != {int}:
+            bad.update(j for j, c in enumerate(combos) if type(c) is not int)
+        # recipient keys of the rows the known-good memory needs (the same bytes as
+        # _recipient_bytes, hashed through C-level map calls)
+        hashed = list(compress(range(n), map(_HASHED_KINDS.__contains__, kinds)))
+        if bad:
+            hashed = [j for j in hashed if j not in bad]
+        addrs = list(map(rcpts.__getitem__, hashed))
+        if None in addrs:
+            hashed = [j for j, a in zip(hashed, addrs, strict=True) if a is not None]
+            addrs = [a for a in addrs if a is not None]
+        rk = np.zeros(n, dtype=np.uint64)
+        if hashed:
+            digests = b"".join(
+                map(
+                    _DIGEST,
+                    map(hashlib.sha256, map(_ENCODE, map(str.lower, map(str.strip, addrs)))),
+                )
+            )
+            rk[hashed] = np.frombuffer(digests, dtype="<u8")[::4]
+        rkeys: list[int] = rk.tolist()
+        # classification of the replies (a few percent of events)
+        cls = [NO_CLASS] * n
+        reason = [NO_REASON] * n
+        reply = [-1] * n
+        texts = strs["response"]
+        for j in compress(range(n), map(_REPLY_KIND_CODES.__contains__, kinds)):
+            if j not in bad:
+                text = texts[j] or ""
+                enh = enhs[j]
+                if enh is None and text:
+                    m = _LEADING_ENH_RE.match(text)
+                    if m:
+                        enh = m.group(1)
+                reason[j], cls[j], reply[j] = self._classify(codes[j], enh, text, combos[j])
+        if extra:
+            self.stats.unknown_fields += sum(
+                len(set(objs[j]) - KNOWN_FIELDS) for j in extra if j not in bad
+            )
+        return bad, _Batch(kinds, tsv, cls, reason, rkeys, reply, combos)
+
+    def _append_many(self, b: _Batch, start: int, stop: int) -> None:
+        if stop <= start:
+            return
+        c = self._cols
+        kinds = b.kind[start:stop]
+        c.kind.extend(kinds)
+        ts = b.ts[start:stop]
+        c.ts.extend(ts)
+        c.cls.extend(b.cls[start:stop])
+        c.reason.extend(b.reason[start:stop])
+        c.rkey.extend(b.rkey[start:stop])
+        c.reply.extend(b.reply[start:stop])
+        c.combo.extend(b.combo[start:stop])
+        self.stats.accepted += stop - start
+        by_kind = self.stats.by_kind
+        for k, v in enumerate(np.bincount(kinds, minlength=len(by_kind)).tolist()):
+            by_kind[k] += v
+        top = max(ts)
+        if top > self.watermark:
+            self.watermark = float(top)
+
     def _resolve_combo(self, key: tuple[str | None, ...]) -> int | Rejection:
         rdomain, mx_host, ip, pool, sender, tenant, campaign = key
         res: int | Rejection
-        bad = _first_bad_type(key)
-        too_long = (
-            next(
-                (
-                    n
-                    for n, v in zip(_COMBO_FIELDS, key, strict=True)
-                    if v and len(v) > MAX_FIELD_CHARS
-                ),
-                None,
+        if not set(map(type, key)) <= _OPT_STR_TYPES:
+            res = Rejection("wrong_type", _first_bad_type(key))
+        elif max(map(len, filter(None, key)), default=0) > MAX_FIELD_CHARS:
+            too_long = next(
+                n for n, v in zip(_COMBO_FIELDS, key, strict=True) if v and len(v) > MAX_FIELD_CHARS
             )
-            if not bad
-            else None
-        )
-        if bad:
-            res = Rejection("wrong_type", bad)
-        elif too_long:
             res = Rejection(
                 "field_too_long", f"{too_long} longer than {MAX_FIELD_CHARS} characters"
             )
-        elif (dom := normalise_domain(rdomain) if rdomain is not None else None) is None:
+        elif (dom := self._domain(rdomain) if rdomain is not None else None) is None:
             res = Rejection("bad_domain", "recipient domain is not a valid domain name")
-        elif sender and (sdom := normalise_domain(sender)) is None:
+        elif sender and (sdom := self._domain(sender)) is None:
             res = Rejection("bad_domain", "sender_domain is not a valid domain name")
         else:
-            sdom = normalise_domain(sender) if sender else None
             mx = (mx_host or "").strip().lower().rstrip(".")
             provider, operator = self.resolver.resolve(dom, mx)
-            values = (dom, provider, operator, ip, pool, sdom, tenant, campaign)
+            values = (dom, provider, operator, ip, pool, sdom if sender else None, tenant, campaign)
             out = []
-            for kind_name, v in zip(SCOPE_KINDS, values, strict=True):
-                if v is None or v == "":
+            for dim, v in enumerate(values):
+                if not v:
                     out.append(-1)
                     continue
-                name = f"{kind_name}:{v.strip()}"
-                sid = self._scope_ids.get(name)
+                ids = self._dim_ids[dim]
+                sid = ids.get(v)
                 if sid is None:
-                    sid = len(self._scope_names)
-                    self._scope_ids[name] = sid
-                    self._scope_names.append(name)
+                    name = f"{SCOPE_KINDS[dim]}:{v.strip()}"
+                    sid = self._scope_ids.get(name)
+                    if sid is None:
+                        sid = len(self._scope_names)
+                        self._scope_ids[name] = sid
+                        self._scope_names.append(name)
+                    ids[v] = sid
                 out.append(sid)
             res = len(self._combo_scopes)
             self._combo_scopes.append(tuple(out))
             self._combo_provider.append((provider, operator))
         self._combo[key] = res
         return res
+
+    def _domain(self, raw: str) -> str | None:
+        """:func:`normalise_domain`, cached (a stream has far fewer domains than events)."""
+        try:
+            return self._domains[raw]
+        except KeyError:
+            pass
+        if len(self._domains) > 100_000:
+            self._domains.clear()
+        d = self._domains[raw] = normalise_domain(raw)
+        return d
 
     def _classify(
         self, code: int | None, enh: str | None, text: str, combo: int
@@ -445,14 +716,30 @@ class Pipeline:
     def pending(self) -> int:
         return len(self._cols.ts)
 
-    def flush(self) -> Deltas:
-        """Aggregate everything fed since the last flush into Deltas and reset the columns."""
+    def pending_timestamps(self, start: int = 0) -> NDArray[np.float64]:
+        """Event times of the accepted events not flushed yet, from the ``start``-th, in the
+        order they were fed (a replay finds its tick boundaries in them)."""
+        return np.asarray(self._cols.ts[start:], dtype=np.float64)
+
+    def flush(self, upto: int | None = None) -> Deltas:
+        """Aggregate the events fed since the last flush into Deltas and drop them.
+
+        ``upto`` flushes only the first ``upto`` of them (in feed order) and keeps the rest
+        pending; the Deltas' watermark is then the highest event time up to that event, as if
+        the later ones had not been fed yet.
+        """
         c = self._cols
-        self._reset_columns()
+        if upto is None or upto >= len(c.ts):
+            self._reset_columns()
+            watermark = self.watermark
+        else:
+            self._cols = c.split(max(0, upto))
+            watermark = max(self._flushed_watermark, max(c.ts, default=0.0))
+        self._flushed_watermark = watermark
         n = len(c.ts)
         if n == 0:
             d = Deltas.empty()
-            d.watermark = self.watermark
+            d.watermark = watermark
             return d
         kind = np.asarray(c.kind, dtype=np.int64)
         ts = np.asarray(c.ts, dtype=np.float64)
@@ -505,30 +792,39 @@ class Pipeline:
         keep = sid >= 0
         sid, rb, cc, ww = sid[keep], rb[keep], cc[keep], ww[keep]
         uniq, inv = np.unique(sid * nb + rb, return_inverse=True)
-        counts = np.zeros((uniq.shape[0], N_COLUMNS), dtype=np.int64)
-        np.add.at(counts, (inv, cc), ww)
+        counts = (
+            np.bincount(inv * N_COLUMNS + cc, weights=ww, minlength=uniq.shape[0] * N_COLUMNS)
+            .astype(np.int64)
+            .reshape(uniq.shape[0], N_COLUMNS)
+        )
         gsid = uniq // nb
         gbucket = b0 + (uniq % nb) * self.bucket_s
         local_sids, scope_idx = np.unique(gsid, return_inverse=True)
         names = [self._scope_names[int(s)] for s in local_sids]
         replies = self._top_replies(combo_scopes, combo, reply, local_sids)
-        self._bound_interning()
+        if not self._cols.ts:
+            self._bound_interning()
         return Deltas(
             scopes=names,
             scope_idx=scope_idx.astype(np.int32),
             bucket_start=gbucket.astype(np.int64),
             counts=counts,
             replies=replies,
-            watermark=self.watermark,
+            watermark=watermark,
         )
 
     def _combo_array(self) -> NDArray[np.int64]:
         """The combo -> scope ids table as an array, extended with the combos added since."""
-        have = self._combo_arr.shape[0]
-        if have < len(self._combo_scopes):
-            tail = np.asarray(self._combo_scopes[have:], dtype=np.int64).reshape(-1, _N_DIMS)
-            self._combo_arr = np.concatenate([self._combo_arr, tail])
-        return self._combo_arr
+        have, need = self._combo_len, len(self._combo_scopes)
+        if have < need:
+            buf = self._combo_arr
+            if need > buf.shape[0]:  # grow geometrically: appending stays amortised O(1)
+                buf = np.empty((max(need, 2 * buf.shape[0], 1024), _N_DIMS), dtype=np.int64)
+                buf[:have] = self._combo_arr[:have]
+                self._combo_arr = buf
+            buf[have:need] = np.asarray(self._combo_scopes[have:], dtype=np.int64)
+            self._combo_len = need
+        return self._combo_arr[:need]
 
     def _bound_interning(self) -> None:
         """Keep the interning tables bounded; safe only between ticks (no pending columns)."""
@@ -542,7 +838,10 @@ class Pipeline:
             self._combo.clear()
             self._combo_scopes.clear()
             self._combo_provider.clear()
+            for ids in self._dim_ids:
+                ids.clear()
             self._combo_arr = np.zeros((0, _N_DIMS), dtype=np.int64)
+            self._combo_len = 0
 
     def _top_replies(
         self,
@@ -580,8 +879,51 @@ class Pipeline:
         return out
 
 
+#: marks an undecodable message in a batch
+_BAD: Any = object()
+_NUMBER_TYPES = frozenset({float, int})
+_OPT_STR_TYPES = frozenset({str, type(None)})
+_OPT_INT_TYPES = frozenset({int, type(None)})
+#: event kinds whose recipient key the known-good memory needs
+_HASHED_KINDS = frozenset({_KIND_DELIVERED, *_REPLY_KIND_CODES})
+
+
+_ENCODE = methodcaller("encode", "utf-8", "surrogatepass")
+_DIGEST = methodcaller("digest")
+
+
+def _first(t: tuple[int, Rejection]) -> int:
+    return t[0]
+
+
+def _not_object(obj: object) -> str:
+    return f"top-level JSON {type(obj).__name__}"
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Per-row column values of a checked batch (rows that failed a check hold placeholders)."""
+
+    kind: list[Any]
+    ts: list[Any]
+    cls: list[int]
+    reason: list[int]
+    rkey: list[int]
+    reply: list[int]
+    combo: list[Any]
+
+
 class _Columns:
     __slots__ = ("cls", "combo", "kind", "reason", "reply", "rkey", "ts")
+
+    def split(self, k: int) -> _Columns:
+        """Keep the first ``k`` rows here; return the others as new columns."""
+        tail = _Columns()
+        for name in self.__slots__:
+            col = getattr(self, name)
+            getattr(tail, name).extend(col[k:])
+            del col[k:]
+        return tail
 
     def __init__(self) -> None:
         self.kind: list[int] = []

@@ -26,14 +26,17 @@ import sys
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import IO, Annotated, Any
 
+import numpy as np
 import orjson
 import typer
 
+from models.deltas import Deltas
 from models.incidents import IncidentChange
 from models.monitor import Monitor, MonitorConfig
 from models.pipeline import Pipeline, parse_timestamp
@@ -162,6 +165,73 @@ def _merged(paths: list[Path], progress: Any, task: Any) -> Iterator[bytes]:
         yield line
 
 
+#: lines fed to the Pipeline per call (Pipeline.feed_many checks a batch column by column)
+BATCH = 512
+
+
+class TickLoop:
+    """Feeds lines to a Pipeline in batches and ticks exactly where a line-by-line loop would.
+
+    A tick (flush the pipeline, hand the Deltas over) happens right after the accepted event that
+    takes the watermark to the next multiple of ``tick_s`` or the pending count to
+    ``max_pending``; the batch's later events stay pending for the next tick
+    (``Pipeline.flush(upto=...)``). So batching changes no output, only the speed.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        on_tick: Callable[[Deltas, float], None],
+        tick_s: float = 60.0,
+        max_pending: int = 200_000,
+    ) -> None:
+        self.pipeline = pipeline
+        self.on_tick = on_tick
+        self.tick_s = tick_s
+        self.max_pending = max(1, max_pending)
+        self.next_tick = -math.inf
+        self.lines = 0
+        self.accepted = 0
+        self.rejected: Counter[str] = Counter()
+
+    def feed(self, lines: list[bytes]) -> None:
+        p = self.pipeline
+        base = p.pending()
+        wm = p.watermark
+        self.lines += len(lines)
+        for i, rej in p.feed_many(lines):
+            blank = rej.reason == "bad_json" and not lines[i].strip()
+            self.rejected["empty_line" if blank else rej.reason] += 1
+        ts = p.pending_timestamps(base)
+        self.accepted += len(ts)
+        i = 0
+        while i < len(ts):
+            run = np.maximum.accumulate(ts[i:])
+            np.maximum(run, wm, out=run)
+            # first event (from i) that reaches the next tick or fills the pending budget
+            hit = np.flatnonzero(run >= self.next_tick)
+            at = min(
+                int(hit[0]) if len(hit) else len(run),
+                max(0, self.max_pending - (base + i) - 1),
+            )
+            if at >= len(run):
+                break
+            wm = float(run[at])
+            if self.next_tick != -math.inf:
+                self.on_tick(p.flush(upto=base + i + at + 1), self.next_tick)
+                base = -(i + at + 1)
+            self.next_tick = (math.floor(wm / self.tick_s) + 1) * self.tick_s
+            i += at + 1
+
+    def run(self, lines: Iterable[bytes]) -> None:
+        it = iter(lines)
+        while batch := list(islice(it, BATCH)):
+            self.feed(batch)
+
+    def finish(self) -> None:
+        self.on_tick(self.pipeline.flush(), math.inf)
+
+
 def replay_lines(
     lines: Iterable[bytes],
     monitor: Monitor,
@@ -175,40 +245,18 @@ def replay_lines(
     """The replay loop (also used by tests and the bench): feed, tick, detect, emit."""
     stats = ReplayStats()
     t0 = time.perf_counter()
-    feed = pipeline.feed
-    next_tick = -math.inf
 
-    def tick() -> None:
-        d = pipeline.flush()
+    def tick(d: Deltas, _boundary: float) -> None:
         monitor.add(d)
         if timeline is not None:
             timeline.add(d)
         stats.ticks += 1
         _emit(monitor.advance(d.watermark), stats, changes, out)
 
-    pending = 0
-    for line in lines:
-        stats.lines += 1
-        if not line.strip():
-            stats.rejected["empty_line"] += 1
-            continue
-        try:
-            rej = feed(line.rstrip(b"\r\n"))
-        except Exception as exc:  # a bad line is never fatal
-            stats.rejected[f"error:{type(exc).__name__}"] += 1
-            continue
-        if rej is not None:
-            stats.rejected[rej.reason] += 1
-            continue
-        stats.accepted += 1
-        pending += 1
-        wm = pipeline.watermark
-        if wm >= next_tick or pending >= max_pending:
-            if next_tick != -math.inf:
-                tick()
-                pending = 0
-            next_tick = (math.floor(wm / tick_s) + 1) * tick_s
-    tick()
+    loop = TickLoop(pipeline, tick, tick_s, max_pending)
+    loop.run(lines)
+    loop.finish()
+    stats.lines, stats.accepted, stats.rejected = loop.lines, loop.accepted, loop.rejected
     stats.seconds = time.perf_counter() - t0
     return stats
 
@@ -228,37 +276,15 @@ def shard_of(line: bytes, n: int) -> int:
 def _shard_worker(
     paths: list[Path], shard: int, n: int, tick_s: float, q: Any, max_pending: int
 ) -> None:
-    pipeline = Pipeline(loads=orjson.loads)
-    feed = pipeline.feed
-    lines = accepted = 0
-    reasons: Counter[str] = Counter()
-    next_tick = -math.inf
-    pending = 0
-    for line in _lines(paths, None, None):
-        if shard_of(line, n) != shard:
-            continue
-        lines += 1
-        if not line.strip():
-            reasons["empty_line"] += 1
-            continue
-        try:
-            rej = feed(line.rstrip(b"\r\n"))
-        except Exception as exc:  # a bad line is never fatal
-            reasons[f"error:{type(exc).__name__}"] += 1
-            continue
-        if rej is not None:
-            reasons[rej.reason] += 1
-            continue
-        accepted += 1
-        pending += 1
-        wm = pipeline.watermark
-        if wm >= next_tick or pending >= max_pending:
-            if next_tick != -math.inf:
-                q.put(("d", shard, next_tick, pipeline.flush()))
-                pending = 0
-            next_tick = (math.floor(wm / tick_s) + 1) * tick_s
-    q.put(("d", shard, math.inf, pipeline.flush()))
-    q.put(("end", shard, lines, accepted, dict(reasons)))
+    loop = TickLoop(
+        Pipeline(loads=orjson.loads),
+        lambda d, boundary: q.put(("d", shard, boundary, d)),
+        tick_s,
+        max_pending,
+    )
+    loop.run(line for line in _lines(paths, None, None) if shard_of(line, n) == shard)
+    loop.finish()
+    q.put(("end", shard, loop.lines, loop.accepted, dict(loop.rejected)))
 
 
 def replay_parallel(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -347,3 +348,143 @@ def test_classify_normalized_equals_classify_on_the_corpus() -> None:
             ), text
             n += 1
     assert n >= 250
+
+
+# ------------------------------------------------------- batch path == event-by-event path
+
+_GOOD = [
+    {"event": "sent", "recipient": "a@gmail.com", "campaign": "c1", "sending_ip": "192.0.2.1"},
+    {"event": "delivered", "recipient": "A@Gmail.com ", "mx_host": "gmail-smtp-in.l.google.com"},
+    {"event": "delivered", "recipient_domain": "corp.example", "tenant": "t1"},
+    {"event": "bounced", "recipient": "b@yahoo.com", "smtp_code": 550, "response": "user unknown"},
+    {"event": "deferred", "recipient": "c@x.example", "response": "421 4.7.0 blocked, try later"},
+    {
+        "event": "rejected",
+        "recipient": "d@x.example",
+        "enhanced_code": "5.7.26",
+        "response": "DMARC",
+    },
+    {"event": "complained", "recipient": "e@gmail.com", "feedback_type": "abuse", "pool": "p1"},
+    {"event": "opened", "recipient": "f@b2b.example.de", "sender_domain": "news.example.com"},
+    {"event": "delivered", "recipient": "g@gmail.com", "x_vendor": 1, "other": [1, 2]},
+]
+_BAD = [
+    {"event": 3},
+    {"event": "exploded"},
+    {"timestamp": BASE},
+    {"event": "sent", "timestamp": True},
+    {"event": "sent", "timestamp": [1]},
+    {"event": "sent", "timestamp": None},
+    {"event": "sent", "timestamp": "yesterday"},
+    {"event": "sent", "timestamp": 12.0},
+    {"event": "sent", "timestamp": 10**400},
+    {"event": "sent", "timestamp": BASE + 30 * 86400},
+    {"event": "sent", "tenant": 7},
+    {"event": "sent", "campaign": ["a"]},
+    {"event": "sent", "campaign": "c" * 5000},
+    {"event": "bounced", "smtp_code": "550"},
+    {"event": "bounced", "smtp_code": True},
+    {"event": "bounced", "smtp_code": 0},
+    {"event": "bounced", "smtp_code": 999},
+    {"event": "bounced", "enhanced_code": "5.1"},
+    {"event": "bounced", "enhanced_code": ""},
+    {"event": "bounced", "enhanced_code": 5},
+    {"event": "bounced", "response": "x" * 9000},
+    {"event": "sent", "message_id": {"a": 1}},
+    {"event": "sent", "recipient": None},
+    {"event": "sent", "recipient": "no-domain"},
+    {"event": "sent", "recipient": "x@bad domain.com"},
+    {"event": "sent", "sender_domain": "not a domain"},
+    {"event": "sent", "recipient_domain": 5},
+]
+_RAW_BAD = [b"{oops", b'"a string"', b"[1, 2]", b"\xff\xfe", b"", b"   ", b" " * ((1 << 20) + 1)]
+
+
+@st.composite
+def _messages(draw: st.DrawFn) -> list[bytes]:
+    out = []
+    for _ in range(draw(st.integers(0, 60))):
+        pick = draw(st.integers(0, 5))
+        ts = BASE + draw(st.floats(0, 3600, allow_nan=False))
+        if pick == 0:
+            out.append(draw(st.sampled_from(_RAW_BAD)))
+            continue
+        base = dict(draw(st.sampled_from(_BAD if pick == 1 else _GOOD)))
+        if "timestamp" not in base and draw(st.booleans()):
+            base["timestamp"] = ts
+        elif "timestamp" not in base:
+            base["timestamp"] = draw(
+                st.sampled_from([int(ts), "2026-11-22T00:10:00Z", "2026-11-22 00:20:00"])
+            )
+        if "recipient" not in base and "recipient_domain" not in base and draw(st.booleans()):
+            base["recipient"] = f"u{draw(st.integers(0, 5))}@gmail.com"
+        if pick > 1 and draw(st.booleans()):
+            base["response"] = f"421 4.7.0 try later [{draw(st.integers(0, 3))}]"
+        out.append(json.dumps(base).encode())
+    return out
+
+
+def _deltas_equal(a: Any, b: Any) -> None:
+    assert a.scopes == b.scopes
+    assert np.array_equal(a.scope_idx, b.scope_idx)
+    assert np.array_equal(a.bucket_start, b.bucket_start)
+    assert np.array_equal(a.counts, b.counts)
+    assert a.replies == b.replies
+    assert a.watermark == b.watermark
+
+
+@pytest.mark.parametrize("bad", _BAD, ids=lambda b: json.dumps(b)[:40])
+@pytest.mark.parametrize("with_recipient", [True, False])
+def test_feed_many_rejects_each_bad_event_like_feed(
+    bad: dict[str, Any], with_recipient: bool
+) -> None:
+    """Every bad event, otherwise complete, between good ones: the same verdicts both ways."""
+    ev_ = {"timestamp": BASE + 5, **({"recipient": "z@gmail.com"} if with_recipient else {}), **bad}
+    msgs = [json.dumps({**g, "timestamp": BASE + i}).encode() for i, g in enumerate(_GOOD)]
+    msgs.insert(3, json.dumps(ev_).encode())
+    one, many = make(clock=lambda: BASE + 7200), make(clock=lambda: BASE + 7200)
+    want = [(i, r) for i, m in enumerate(msgs) if (r := one.feed(m)) is not None]
+    assert [i for i, _ in want] == [3]  # the bad one, and only it
+    assert many.feed_many(msgs) == want
+    assert many.stats == one.stats
+    _deltas_equal(many.flush(), one.flush())
+
+
+@settings(max_examples=150, deadline=None)
+@given(_messages(), st.integers(1, 40), st.sampled_from([json.loads, orjson.loads]))
+def test_feed_many_equals_feed_one_by_one(msgs: list[bytes], batch: int, loads: Any) -> None:
+    """Same rejections (index, reason, detail), statistics, watermark and Deltas."""
+    one = make(loads=loads, clock=lambda: BASE + 7200)
+    many = make(loads=loads, clock=lambda: BASE + 7200)
+    want = [(i, r) for i, m in enumerate(msgs) if (r := one.feed(m)) is not None]
+    got = []
+    for s in range(0, len(msgs), batch):
+        got += [(s + i, r) for i, r in many.feed_many(msgs[s : s + batch])]
+    assert got == want
+    assert many.stats == one.stats
+    assert many.watermark == one.watermark
+    assert many.pending() == one.pending()
+    assert list(many.pending_timestamps()) == list(one.pending_timestamps())
+    _deltas_equal(many.flush(), one.flush())
+
+
+@settings(max_examples=100, deadline=None)
+@given(_messages(), st.data())
+def test_partial_flush_equals_flushing_at_that_event(
+    msgs: list[bytes], data: st.DataObject
+) -> None:
+    """flush(upto=k) after a batch == flushing right after the k-th accepted event."""
+    ref = make(clock=lambda: BASE + 7200)
+    batched = make(clock=lambda: BASE + 7200)
+    batched.feed_many(msgs)
+    k = data.draw(st.integers(0, batched.pending()))
+    i = 0
+    while ref.pending() < k:
+        ref.feed(msgs[i])
+        i += 1
+    head = ref.flush()
+    for m in msgs[i:]:
+        ref.feed(m)
+    assert list(batched.pending_timestamps(k)) == list(ref.pending_timestamps())
+    _deltas_equal(batched.flush(upto=k), head)
+    _deltas_equal(batched.flush(), ref.flush())

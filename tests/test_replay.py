@@ -5,8 +5,11 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import math
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 import typer
@@ -168,3 +171,70 @@ def test_parallel_replay_matches_in_process(
 )
 def test_shard_by_recipient(a: bytes, b: bytes) -> None:
     assert shard_of(a, 7) == shard_of(b, 7)
+
+
+def _reference_ticks(
+    lines: list[bytes], tick_s: float, max_pending: int
+) -> tuple[list[tuple[float, Any]], list[str]]:
+    """The replay loop fed line by line, as it was before batching: the contract of TickLoop."""
+    pipe = Pipeline(loads=orjson.loads)
+    ticks: list[tuple[float, Any]] = []
+    rejected: list[str] = []
+    next_tick, pending = -math.inf, 0
+    for line in lines:
+        if not line.strip():
+            rejected.append("empty_line")
+            continue
+        rej = pipe.feed(line)
+        if rej is not None:
+            rejected.append(rej.reason)
+            continue
+        pending += 1
+        wm = pipe.watermark
+        if wm >= next_tick or pending >= max_pending:
+            if next_tick != -math.inf:
+                ticks.append((next_tick, pipe.flush()))
+                pending = 0
+            next_tick = (math.floor(wm / tick_s) + 1) * tick_s
+    ticks.append((math.inf, pipe.flush()))
+    return ticks, rejected
+
+
+@pytest.mark.parametrize(
+    ("batch", "max_pending"), [(1, 200_000), (7, 150), (512, 200_000), (4096, 333)]
+)
+def test_batched_ticks_equal_line_by_line_ticks(
+    outage_events: tuple[list[bytes], Simulator],
+    monkeypatch: pytest.MonkeyPatch,
+    batch: int,
+    max_pending: int,
+) -> None:
+    """Batching changes no tick: same boundaries, same Deltas, same rejections."""
+    lines = list(outage_events[0][:6000])
+    t0 = orjson.loads(lines[0])["timestamp"]
+    for at, bad in (
+        (5, b"{oops"),
+        (50, b""),
+        (700, orjson.dumps({"event": "sent", "timestamp": t0})),
+    ):
+        lines.insert(at, bad)
+    lines.insert(
+        900, orjson.dumps({"event": "sent", "timestamp": t0 + 9000, "recipient": "a@b.com"})
+    )
+    want, want_rej = _reference_ticks(lines, 60.0, max_pending)
+    got: list[tuple[float, Any]] = []
+    monkeypatch.setattr(replay_cmd, "BATCH", batch)
+    loop = replay_cmd.TickLoop(
+        Pipeline(loads=orjson.loads), lambda d, b: got.append((b, d)), 60.0, max_pending
+    )
+    loop.run(lines)
+    loop.finish()
+    assert sorted(loop.rejected.elements()) == sorted(want_rej)
+    assert loop.accepted == len(lines) - len(want_rej)
+    assert [b for b, _ in got] == [b for b, _ in want]
+    for (_, d1), (_, d2) in zip(got, want, strict=True):
+        assert d1.scopes == d2.scopes
+        assert np.array_equal(d1.counts, d2.counts)
+        assert np.array_equal(d1.bucket_start, d2.bucket_start)
+        assert d1.replies == d2.replies
+        assert d1.watermark == d2.watermark
