@@ -283,12 +283,9 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
                 for tp, recs in batch.items():
                     if not recs:
                         continue
-                    feed = state.pipeline(tp.partition).feed
-                    for rec in recs:
-                        value = rec.value if rec.value is not None else b""
-                        rej = feed(value)
-                        if rej is not None:
-                            await dead_letter(rej, value, rec)
+                    values = [rec.value if rec.value is not None else b"" for rec in recs]
+                    for i, rej in state.pipeline(tp.partition).feed_many(values):
+                        await dead_letter(rej, values[i], recs[i])
                     state.offsets[tp] = recs[-1].offset + 1
         finally:
             state.consumer = None

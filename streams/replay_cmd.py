@@ -39,7 +39,7 @@ import typer
 from models.deltas import Deltas
 from models.incidents import IncidentChange
 from models.monitor import Monitor, MonitorConfig
-from models.pipeline import Pipeline, parse_timestamp
+from models.pipeline import BATCH_ROWS, Pipeline, parse_timestamp
 from models.rolling import RollingConfig
 from models.schema import COL
 
@@ -166,7 +166,7 @@ def _merged(paths: list[Path], progress: Any, task: Any) -> Iterator[bytes]:
 
 
 #: lines fed to the Pipeline per call (Pipeline.feed_many checks a batch column by column)
-BATCH = 512
+BATCH = BATCH_ROWS
 
 
 class TickLoop:
