@@ -19,7 +19,10 @@ Within one tier the first rule in file order wins. Text matching runs on the nor
 lower-cased reply. To reach tens of thousands of unique replies per second without one regex pass
 per rule, every rule is indexed by an *anchor word* (a whole word its pattern cannot match
 without); a reply only runs the rules whose anchor word it contains (plus the few rules without
-an anchor), in precedence order. Results are cached on the raw key and on the normalised key.
+an anchor), in precedence order, and only when it also holds the other words the rule needs.
+Both tests are bit operations on one Python int per reply: the OR of the packed bits of its
+words, memoised per word prefix (see ``_Plan``). Results are cached on the raw key and on the
+normalised key.
 """
 
 from __future__ import annotations
@@ -109,6 +112,9 @@ assert set(DEFAULT_CLASS) == set(REASONS)
 _ADDR_CHARS = r"[^\s<>()\[\]{}\"',;:@]"
 _RE_ADDR: Final = re.compile(_ADDR_CHARS + r"*@" + _ADDR_CHARS + r"*")
 _RE_ADDR_BRACKETS: Final = re.compile(r"[<\[(]+\s*<addr>\s*[>\])]+")
+#: what ``[a-z]`` matches with re.IGNORECASE: ASCII letters plus 'İ' (U+0130), 'ı' (U+0131),
+#: 'ſ' (U+017F) and the Kelvin sign (U+212A), which fold to 'i', 'i', 's' and 'k'
+_AZ: Final = "a-zA-Z\u0130\u0131\u017f\u212a"
 #: One pass over the text: every alternative starts at a token start (after white space or one
 #: of the delimiters), so the engine rejects most positions with a single look-behind test.
 #: Every alternative also needs a digit, '@', '[' or ':' before the next white space (addr an
@@ -117,76 +123,115 @@ _RE_ADDR_BRACKETS: Final = re.compile(r"[<\[(]+\s*<addr>\s*[>\])]+")
 #: instead of trying the seven alternatives (the id look-ahead alone reads 16 characters).
 #: The guard and the possessive ``*+`` in addr (its class excludes '@', so backtracking into
 #: the run could never find one) change no match: tests/test_classifier.py compares the
-#: matches with the unguarded pattern on generated replies.
+#: matches with the unguarded pattern on generated replies. The pattern is case-insensitive
+#: without re.IGNORECASE (which makes the engine case-fold every character it compares):
+#: its letters are spelled in both cases, ``[a-z]`` as :data:`_AZ`.
 _RE_VARIABLE: Final = re.compile(
     r"(?<![^\s<>()\[\]{}\"',;=&?/:|])(?=[^\s\d@\[:]*+[\d@\[:])(?:"
     r"(?P<addr><?[^\s<>()\[\]{}\"',;:@]*+@[^\s<>()\[\]{}\"',;:]*>?)"
-    r"|(?P<host>\[(?:[a-z0-9_-]+\.)+[a-z0-9_-]+\.[a-z0-9-]*[a-z][a-z0-9-]*\])"
-    r"|(?P<time>\d{4}-\d\d-\d\d(?:[t ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?(?:z|[+-]\d\d:?\d\d)?)?"
+    rf"|(?P<host>\[(?:[{_AZ}0-9_-]+\.)+[{_AZ}0-9_-]+\.[{_AZ}0-9-]*[{_AZ}][{_AZ}0-9-]*\])"
+    r"|(?P<time>\d{4}-\d\d-\d\d(?:[tT ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?(?:[zZ]|[+-]\d\d:?\d\d)?)?"
     r"|\d{1,2}:\d\d:\d\d(?:[.,]\d+)?)"
     r"|(?P<ip4>\d{1,3}(?:\.\d{1,3}){3})(?![\w])"
-    r"|(?P<ip6>(?:[0-9a-f]{0,4}:){2,7}[0-9a-f]{0,4})(?![\w:])"
-    r"|(?P<id>(?=[\w+/=.-]{16})(?=[a-z_+/=.-]*\d)[\w+/=.-]+"
-    r"|(?=[a-f]*\d)(?=\d*[a-f])[0-9a-f]{10,}(?![\w])"
+    r"|(?P<ip6>(?:[0-9a-fA-F]{0,4}:){2,7}[0-9a-fA-F]{0,4})(?![\w:])"
+    rf"|(?P<id>(?=[\w+/=.-]{{16}})(?=[{_AZ}_+/=.-]*\d)[\w+/=.-]+"
+    r"|(?=[a-fA-F]*\d)(?=\d*[a-fA-F])[0-9a-fA-F]{10,}(?![\w])"
     r"|\d{10,}(?![\w]))"
-    r")",
-    re.I,
+    r")"
 )
 _MAX_NORM: Final = 1000
 
 
-#: characters that cannot start a replaced token: after a replacement followed by one of these
-#: (or by the end of the text), a second pass cannot find anything new there.
+#: characters after a matched token that do not ask for another pass (see :func:`_may_expose`;
+#: meant as the characters that cannot start a token, but '/' and '=' can start an id)
 _NO_START: Final = frozenset(" \t\n\r\x0b\x0c<>(){}\"',;=&?/:|]")
 
 
-#: delimiters that may also end a token (an IPv6 run, a base64 id): a replacement right after
-#: one can change what an earlier look-ahead saw.
+#: delimiters that may also end a token (an IPv6 run, a base64 id): a matched token right after
+#: one asks for another pass (see :func:`_may_expose`), since its replacement can change what an
+#: earlier look-ahead saw
 _INNER: Final = frozenset(":=/&?|")
 
+#: replacement by ``m.lastindex`` (1 addr, 2 host, 3 time, 4 ip4, 5 ip6, 6 id); "" = computed
+_REPLACEMENT: Final = ("", "<addr>", "", "<time>", "<ip>", "", "<id>")
+_HOST: Final = 2
 
-class _Pass:
-    """State of one normalisation pass: did a replacement touch a possible token start?"""
 
-    __slots__ = ("again",)
+def _replace(m: re.Match[str]) -> str:
+    kind = m.lastindex
+    assert kind is not None
+    rep = _REPLACEMENT[kind]
+    if rep:
+        return rep
+    if kind == _HOST:
+        labels = m.group(0)[1:-1].split(".")
+        keep = labels[-3:] if len(labels) >= 4 else labels[-2:]
+        return "[<host>." + ".".join(keep).lower() + "]"
+    g = m.group(0)  # ip6
+    return "<ip>" if sum(1 for p in g.split(":") if p) >= 3 else g
 
-    def __init__(self) -> None:
-        self.again = False
 
-    def __call__(self, m: re.Match[str]) -> str:
+def _may_expose(text: str) -> bool:
+    """Whether a pass over ``text`` replaced a token next to a possible token start.
+
+    True when a matched token (an ip6 run left as it is included) is followed by a character
+    not in ``_NO_START`` or starts right after one of ``_INNER``: the rule that decides whether
+    :func:`normalize_reply` makes another pass. Only asked when the ``_RE_EXPOSED_*`` searches
+    find a place where another pass could change something, so a pass does not pay for it.
+    """
+    n = len(text)
+    for m in _RE_VARIABLE.finditer(text):
         start, end = m.span()
-        s = m.string
-        if (end < len(s) and s[end] not in _NO_START) or (start and s[start - 1] in _INNER):
-            self.again = True
-        kind = m.lastgroup
-        if kind == "addr":
-            return "<addr>"
-        if kind == "host":
-            labels = m.group(0)[1:-1].split(".")
-            keep = labels[-3:] if len(labels) >= 4 else labels[-2:]
-            return "[<host>." + ".".join(keep).lower() + "]"
-        if kind == "time":
-            return "<time>"
-        if kind == "ip6":
-            g = m.group(0)
-            return "<ip>" if sum(1 for p in g.split(":") if p) >= 3 else g
-        if kind == "ip4":
-            return "<ip>"
-        return "<id>"
+        if (end < n and text[end] not in _NO_START) or (start and text[start - 1] in _INNER):
+            return True
+    return False
+
+
+#: Where another pass over a pass's output could replace something, given that no '@' is left
+#: and no bracket collapsed (either forces another pass). Replacements start with '<' or '[',
+#: end with '>' or ']' and hold no digit, '@' or ':', so a token that the next pass finds and
+#: this one did not must read a replacement, and only these can then match:
+#:
+#: - a token right after a replacement (a new token start) if it starts with '[' (host), with
+#:   one to four hex digits and ':' (ip6; a run starting with ':' was tried one character
+#:   later), or has a digit in the run of id characters it starts (time, ip4, every id): this
+#:   includes the kept labels of ``[<host>.a.b]`` after its '>';
+#: - an ip6 run ending with ':' right before a replacement (its ``(?![\w:])`` may now hold):
+#:   a hex digit or ':' precedes that ':'.
+#:
+#: Elsewhere a replacement's '<' or '[' stands where the original characters were, and every
+#: other part can only fail on it: the guard and id look-aheads see fewer characters, host
+#: labels, time and ip4 digits stop at it, addr needs an '@'. No hit means another pass would
+#: change nothing, so it is skipped; a hit asks :func:`_may_expose` whether the pass is due as
+#: before. tests/test_classifier.py compares :func:`normalize_reply` with the loop that asked
+#: :func:`_may_expose` after every pass. Three searches, each with a literal first character,
+#: are faster than one with a character class or a branch.
+_EXPOSED_TAIL: Final = r"(?:\[|(?=[\w+/=.-]*\d)|[0-9a-fA-F]{1,4}:)"
+_RE_EXPOSED_GT: Final = re.compile(">" + _EXPOSED_TAIL)
+_RE_EXPOSED_RB: Final = re.compile(r"\]" + _EXPOSED_TAIL)
+_RE_EXPOSED_IP6: Final = re.compile(r":(?<=[0-9a-fA-F:]:)[<\[]")
+#: a bracket collapse needs a closer after ``<addr>``: a literal-prefix search is much cheaper
+#: than trying :data:`_RE_ADDR_BRACKETS` at every '<', '[' and '('
+_RE_ADDR_CLOSED: Final = re.compile(r"<addr>\s*[>\])]")
 
 
 def _normalize_once(text: str) -> tuple[str, bool]:
     """One pass; the flag says whether another pass might still change the result."""
-    cb = _Pass()
-    out = _RE_VARIABLE.sub(cb, text)
-    again = cb.again
+    out = _RE_VARIABLE.sub(_replace, text)
+    again = False
     if "@" in out:  # an '@' not at a token start: never let an address through
         out = _RE_ADDR.sub("<addr>", out)
         again = True
-    if "<addr>" in out:
+    if "<addr>" in out and _RE_ADDR_CLOSED.search(out) is not None:
         before = out
         out = _RE_ADDR_BRACKETS.sub("<addr>", out)
         again = again or out != before
+    if not again and (
+        _RE_EXPOSED_GT.search(out) is not None
+        or _RE_EXPOSED_RB.search(out) is not None
+        or _RE_EXPOSED_IP6.search(out) is not None
+    ):
+        again = _may_expose(text)
     return " ".join(out.split()), again
 
 
@@ -196,10 +241,13 @@ def normalize_reply(text: str) -> str:
     Addresses become ``<addr>`` (the result never contains an ``@``), IP addresses ``<ip>``,
     bracketed host names ``[<host>.<last labels>]``, queue/message ids and long hex, base64 or
     digit tokens ``<id>``, timestamps ``<time>``; runs of white space become one space. The
-    result is used as the cache key and as the evidence string, and is idempotent.
+    result is used as the cache key and as the evidence string.
     """
     # A replacement can turn the character before the next token into a delimiter, so repeat
-    # while a pass says it may have exposed a new token start (rare): this makes it idempotent.
+    # while a pass says it may have exposed a new token start (rare). Not quite idempotent:
+    # a second pass is only made when :func:`_may_expose` asks for one, which misses e.g. an
+    # id right after an IPv4 address and a '/' ("1.2.3.4/abcdefghijklmn1"); kept as it is,
+    # since the normalised text is a cache key and stored evidence.
     for _ in range(8):
         new, again = _normalize_once(text[: _MAX_NORM + 200] if len(text) > _MAX_NORM else text)
         if len(new) > _MAX_NORM:
@@ -665,8 +713,9 @@ def _default_files() -> list[RuleFile]:
 
 
 _WHOLE: Final = 255
-#: (precedence order, compiled alternative, keys it needs, rule, literal prefix or "")
-_Entry = tuple[int, re.Pattern[str], frozenset[str], Rule, str]
+#: (precedence order, compiled alternative, bits of the keys it needs besides its index key
+#: (see :class:`_Plan`), rule, literal prefix or "")
+_Entry = tuple[int, re.Pattern[str], int, Rule, str]
 
 
 def _literal_prefix(branch: str) -> str:
@@ -691,15 +740,55 @@ def _literal_prefix(branch: str) -> str:
     return "".join(out)
 
 
+#: word prefixes remembered per plan before the memo starts afresh
+_MEMO_MAX: Final = 16384
+
+
+class _PrefixBits(dict[bytes, int]):
+    """Memo of one plan: first four bytes of an ASCII word -> packed bits of the word's keys.
+
+    The keys an ASCII word offers are its first four and its first three characters (see
+    :func:`_text_keys`), so the bits of a word depend on its first four characters only:
+    ``kv[p] | kv[p[:3]]`` for ``p = word[:4]``. A miss computes and remembers them; hits run in
+    C (``dict.__getitem__``). Keyed by prefix, not by word, the memo stays small (a unique
+    token per reply, "serial123", shares the prefix "seri").
+    """
+
+    __slots__ = ("kv",)
+
+    def __init__(self, kv: dict[bytes, int]) -> None:
+        super().__init__()
+        self.kv = kv
+
+    def __missing__(self, prefix: bytes) -> int:
+        kv = self.kv
+        v = kv.get(prefix, 0) | kv.get(prefix[: _KEY_LEN - 1], 0)
+        if len(self) >= _MEMO_MAX:
+            self.clear()
+        self[prefix] = v
+        return v
+
+
 @dataclass(frozen=True, slots=True)
 class _Plan:
     """The text rules that apply for one (provider, operator), in precedence order.
 
     ``entries`` holds every alternative in *reverse* precedence order; ``masks`` maps an index
     key to the bit set (a Python int, bit ``j`` = ``entries[j]``) of the alternatives it keys,
-    and ``always`` is the bit set of the alternatives tried for every reply. A reply ORs the
-    masks of its keys and walks the set bits from the highest (``bit_length``): no per-reply
-    list or sort, and the walk stops at the first rule that decides. ``bits[j]`` is ``1 << j``.
+    and ``always`` is the bit set of the alternatives tried for every reply.
+
+    A reply needs two things from its keys: the candidates (the OR of the masks of its keys)
+    and, per candidate, whether all the keys the alternative needs are present. Both come from
+    one packed int per key: the ``nkeys`` low bits say which key it is (bit ``b(key)``, given
+    only to keys that some alternative needs besides its index key), the bits above hold its
+    mask: ``kv[key] = masks[key] << nkeys | 1 << b(key)``. The OR over the reply's keys, started
+    from ``start`` (``always << nkeys``), gives the candidates (``>> nkeys``) and, in its low
+    bits, the keys present; ``entries[j][2]`` is the bit set of the keys alternative ``j`` needs
+    besides its index key (present whenever ``j`` is a candidate). ``prefixes`` memoises the
+    packed bits of an ASCII word by its first four characters, so an ASCII reply costs one
+    slice and one C-level dict lookup per word. The candidates are walked from the highest set
+    bit (``bit_length``): no per-reply list or sort, and the walk stops at the first rule that
+    decides. ``bits[j]`` is ``1 << j``.
     """
 
     rules: tuple[Rule, ...]
@@ -707,6 +796,19 @@ class _Plan:
     masks: dict[str, int]
     always: int
     bits: tuple[int, ...]
+    nkeys: int
+    kv: dict[str, int]
+    start: int
+    prefixes: _PrefixBits
+
+    def packed(self, low: str) -> int:
+        """The OR of ``start`` and the packed bits of every index key of a lower-cased text."""
+        if low.isascii():
+            # the words of _text_keys' ASCII path, as bytes (no decode): one memo hit per word
+            words = low.encode("ascii").translate(_ASCII_WORDS).split()
+            return reduce(or_, map(self.prefixes.__getitem__, map(_FIRST4, words)), self.start)
+        kv = self.kv
+        return reduce(or_, map(kv.__getitem__, kv.keys() & _text_keys(low)), self.start)
 
 
 _Key = tuple[int | None, str | None, str, str | None, str | None]
@@ -856,25 +958,48 @@ class Classifier:
                 for _, _, need in r.branches:
                     for w in need:
                         df[w] = df.get(w, 0) + 1
-        keyed: list[tuple[_Entry, str | None]] = []
+        keyed: list[tuple[int, re.Pattern[str], frozenset[str], Rule, str, str | None]] = []
         for i, r in enumerate(ordered):
             if r.anchors is None:
-                keyed.append(((i << 8 | _WHOLE, r.regex, frozenset(), r, ""), None))
+                keyed.append((i << 8 | _WHOLE, r.regex, frozenset(), r, "", None))
             else:
                 for b, (rx, first, need) in enumerate(r.branches):
                     lit = _literal_prefix(rx.pattern)
                     key = min(need, key=lambda w: (df[w], w)) if need else str(first)
-                    keyed.append(((i << 8 | b, rx, need, r, lit), key))
-        keyed.sort(key=lambda t: t[0][0], reverse=True)
+                    keyed.append((i << 8 | b, rx, need - {key}, r, lit, key))
+        keyed.sort(key=lambda t: t[0], reverse=True)
         masks: dict[str, int] = {}
         always = 0
-        for j, (_, mk) in enumerate(keyed):
+        for j, (*_, mk) in enumerate(keyed):
             if mk is None:
                 always |= 1 << j
             else:
                 masks[mk] = masks.get(mk, 0) | 1 << j
+        # key bits: only the keys some alternative needs besides its index key
+        kbit: dict[str, int] = {}
+        for _, _, rest, _, _, _ in keyed:
+            for w in sorted(rest):
+                kbit.setdefault(w, 1 << len(kbit))
+        nkeys = len(kbit)
+        kv = {w: kbit.get(w, 0) for w in (*masks, *kbit)}
+        for w, m in masks.items():
+            kv[w] |= m << nkeys
+        entries = tuple(
+            (o, rx, reduce(or_, map(kbit.__getitem__, rest), 0), r, lit)
+            for o, rx, rest, r, lit, _ in keyed
+        )
         bits = tuple(1 << j for j in range(len(keyed)))
-        plan = _Plan(tuple(ordered), tuple(e for e, _ in keyed), masks, always, bits)
+        plan = _Plan(
+            tuple(ordered),
+            entries,
+            masks,
+            always,
+            bits,
+            nkeys,
+            kv,
+            always << nkeys,
+            _PrefixBits({w.encode(): v for w, v in kv.items() if w.isascii()}),
+        )
         if len(self._plans) > 4096:
             self._plans.clear()
         self._plans[pk] = plan
@@ -897,9 +1022,9 @@ class Classifier:
             temp = False
         low = norm.lower()
         plan = self._plan(provider, operator)
-        tk = _text_keys(low)
-        masks = plan.masks
-        cand = reduce(or_, map(masks.__getitem__, masks.keys() & tk), plan.always)
+        # candidates above bit ``nkeys``, keys present below (see _Plan)
+        keys = plan.packed(low)
+        cand = keys >> plan.nkeys
         entries = plan.entries
         bits = plan.bits
         ascii_text = low.isascii()
@@ -908,11 +1033,15 @@ class Classifier:
             j = cand.bit_length() - 1
             cand ^= bits[j]
             _, rx, need, r, lit = entries[j]
-            if r is skip or not need <= tk:
+            if r is skip or need & keys != need:
                 continue
             if lit and ascii_text:
+                # a match can only start where lit occurs: try just those places (match, like
+                # search, sees the character before ``at`` for its \b) instead of searching on
                 at = low.find(lit)
-                if at < 0 or rx.search(low, at) is None:
+                while at >= 0 and rx.match(low, at) is None:
+                    at = low.find(lit, at + 1)
+                if at < 0:
                     continue
             elif rx.search(low) is None:
                 continue

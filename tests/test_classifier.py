@@ -578,3 +578,181 @@ def test_literal_prefix() -> None:
     assert _literal_prefix(r"\b(?:a|b)c") == ""
     assert _literal_prefix(r"\bab+c") == "a"
     assert _literal_prefix("\\b用户") == ""
+
+
+# ------------------------------------------------- normalisation == the original pass loop
+
+_REF_ADDR = re.compile(r"[^\s<>()\[\]{}\"',;:@]*@[^\s<>()\[\]{}\"',;:@]*")
+_REF_ADDR_BRACKETS = re.compile(r"[<\[(]+\s*<addr>\s*[>\])]+")
+_REF_NO_START = frozenset(" \t\n\r\x0b\x0c<>(){}\"',;=&?/:|]")
+_REF_INNER = frozenset(":=/&?|")
+
+
+class _RefPass:
+    """The original pass callback: another pass whenever a token touches a possible start."""
+
+    def __init__(self) -> None:
+        self.again = False
+
+    def __call__(self, m: re.Match[str]) -> str:
+        start, end = m.span()
+        s = m.string
+        if (end < len(s) and s[end] not in _REF_NO_START) or (start and s[start - 1] in _REF_INNER):
+            self.again = True
+        kind = m.lastgroup
+        if kind == "addr":
+            return "<addr>"
+        if kind == "host":
+            labels = m.group(0)[1:-1].split(".")
+            keep = labels[-3:] if len(labels) >= 4 else labels[-2:]
+            return "[<host>." + ".".join(keep).lower() + "]"
+        if kind == "time":
+            return "<time>"
+        if kind == "ip6":
+            g = m.group(0)
+            return "<ip>" if sum(1 for p in g.split(":") if p) >= 3 else g
+        if kind == "ip4":
+            return "<ip>"
+        return "<id>"
+
+
+def _ref_normalize(text: str) -> str:
+    """normalize_reply as it was before the second pass was skipped when it changes nothing."""
+    for _ in range(8):
+        t = text[:1200] if len(text) > 1000 else text
+        cb = _RefPass()
+        out = _REF_VARIABLE.sub(cb, t)
+        again = cb.again
+        if "@" in out:
+            out = _REF_ADDR.sub("<addr>", out)
+            again = True
+        if "<addr>" in out:
+            before = out
+            out = _REF_ADDR_BRACKETS.sub("<addr>", out)
+            again = again or out != before
+        new = " ".join(out.split())
+        if len(new) > 1000:
+            new = new[:1000].rstrip()
+            again = True
+        if new == text or not again:
+            return new
+        text = new
+    return text
+
+
+NORM_ATOMS = st.sampled_from(
+    ["http:", "https://x.example/a?b=c&d=1", "//postmaster.yahoo.com/errors/550-bounces.html",
+     "DOC-1369#451", "a:b:c:", "fe80::", "fe80::1:2", "::1", "a::b:c", "::", ":a", "ab:",
+     "v=192.0.2.5", "192.0.2.1", "1.2.3.4/abcdefghijklmn1", "5.6.7.8.", "12345678901",
+     "0123456789", "deadbeef", "deadbeef0123456789", "ab12cd34ef56", "Q1W2E3R4T5Y6U7I8",
+     "abcdefghijklmn1", "/abcdefghijklmno1", "aaaaaaaaaaaaaaaa", "[mx.example.com]",
+     "[mx.aaaaaaaaaa1.bbbbbbb.com]", "[10.0.0.1]", "2024-01-01", "2024-01-01T00:00:00Z",
+     "2024-01-01 12:00:00", "12:00:00", "T10:00", "+01:00", "<a@b.c>", "x@y", "@", "<addr>",
+     "<ip>", "[<host>.", "(<", ">)", "[<", ">]", "&", "#", "=", "/", ":", "?", "|", "+", "-",
+     ".", "_", "<", ">", "[", "]", "(", ")", " ", "\t", "\n", "\xa0", "a", "b", "f", "g", "x",
+     "A", "F", "T", "Z", "1", "12", "123", "1234", "ſ", "K", "İ", "ı", "٣", "用户", "é",
+     "Пользователь"]
+)  # fmt: skip
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.one_of(
+        st.lists(NORM_ATOMS, max_size=30).map("".join),
+        st.lists(FAST_ATOMS, max_size=30).map("".join),
+        st.lists(ATOMS, max_size=25).map("".join),
+        st.text(max_size=200),
+        st.text(st.sampled_from("ab01f:/.=[]<>@ -#&?T"), max_size=60),
+    )
+)
+def test_normalize_matches_reference(text: str) -> None:
+    """Skipping a second pass that could change nothing changes no normalised text."""
+    assert normalize_reply(text) == _ref_normalize(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1.2.3.4/abcdefghijklmn1",  # the original loop is not idempotent here ...
+        "1.2.3.4/abcdefghijklmn1 12345678901#x",  # ... unless another token asks for a pass
+        "[mx.aaaaaaaaaa1.bbbbbbb.com] x",
+        "[mx.aaaaaaaaaa1.bbbbbbb.com] 12345678901#x",
+        "a:b:c:12345678901",
+        "fe80::<a@b.c>",
+        "12345678901[mx.example.com]",
+        "http://postmaster.yahoo.com/errors/550-bounces.html",
+        "see https://help.example/docs/DOC-1369#451 <a@b.c>",
+        "v=192.0.2.5&x=1 id:12345678901ab",
+        "x" * 990 + " 1.2.3.4/abcdefghijklmn1 " + "<a@b.c> " * 40,
+    ],
+)
+def test_normalize_matches_reference_examples(text: str) -> None:
+    assert normalize_reply(text) == _ref_normalize(text)
+
+
+def test_case_insensitive_classes_without_ignorecase() -> None:
+    """_AZ and the A-F ranges match exactly what [a-z] and [a-f] match with re.IGNORECASE."""
+    import sys
+
+    from models.classifier import _AZ
+
+    every = "".join(map(chr, range(sys.maxunicode + 1)))
+    pairs = [(f"[{_AZ}]", "[a-z]"), ("[0-9a-fA-F]", "[0-9a-f]"), ("[a-fA-F]", "[a-f]"),
+             ("[tT ]", "[t ]"), ("[zZ]", "z")]  # fmt: skip
+    for ours, ref in pairs:
+        assert re.findall(ours, every) == re.findall(ref, every, re.I), ours
+
+
+def _old_candidates(plan: Any, low: str) -> tuple[int, set[int]]:
+    """Candidates and those passing the ``need`` test, computed from key sets as before."""
+    from functools import reduce
+    from operator import or_
+
+    tk = _text_keys(low)
+    masks = plan.masks
+    cand = reduce(or_, map(masks.__getitem__, masks.keys() & tk), plan.always)
+    ok = set()
+    for j, (order, _, _, r, _) in enumerate(plan.entries):
+        b = order & 0xFF
+        need = frozenset() if b == 0xFF else r.branches[b][2]
+        if cand >> j & 1 and need <= tk:
+            ok.add(j)
+    return cand, ok
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.one_of(
+        st.lists(FAST_ATOMS, max_size=30).map("".join),
+        st.text(max_size=200),
+        st.builds(
+            lambda row, salt, extra: f"{row['response']} ref{salt} {extra}",
+            st.sampled_from(CORPUS),
+            st.integers(0, 10_000),
+            st.text(max_size=20),
+        ),
+    ),
+    st.sampled_from([None, "google", "microsoft", "x"]),
+)
+def test_packed_keys_match_key_sets(text: str, prov: str | None) -> None:
+    """The packed word bits give the candidates and ``need`` results of the key sets."""
+    plan = _SHARED._plan(prov, prov)
+    for low in (text.lower(), normalize_reply(text).lower()):
+        keys = plan.packed(low)
+        cand, ok = _old_candidates(plan, low)
+        assert keys >> plan.nkeys == cand, low
+        got = {j for j in range(cand.bit_length()) if cand >> j & 1}
+        got = {j for j in got if plan.entries[j][2] & keys == plan.entries[j][2]}
+        assert got == ok, low
+
+
+def test_prefix_memo_is_bounded() -> None:
+    from models.classifier import _MEMO_MAX
+
+    plan = Classifier(cache_size=0)._plan(None, None)
+    abc = "abcdefghijklmnopqrstuvwxyz0123456789"
+    words = [a + b + c + "x" for a in abc for b in abc for c in abc[:13]]
+    assert len(words) > _MEMO_MAX
+    for i in range(0, len(words), 50):
+        plan.packed(" ".join(words[i : i + 50]))
+        assert len(plan.prefixes) <= _MEMO_MAX
