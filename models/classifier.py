@@ -31,7 +31,7 @@ import re
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import reduce
+from functools import lru_cache, reduce
 from importlib import resources
 from operator import itemgetter, or_
 from pathlib import Path
@@ -698,13 +698,15 @@ def load_rule_file(path: Path | str, *, user: bool = False, text: str | None = N
     return RuleFile(src, rules, codes)
 
 
-def _default_files() -> list[RuleFile]:
+@lru_cache(maxsize=1)
+def _default_files() -> tuple[RuleFile, ...]:
+    """The shipped rule files, parsed and compiled once per process (nothing mutates them)."""
     pkg = resources.files("models.rules")
     out = []
     for entry in sorted(pkg.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".toml"):
             out.append(load_rule_file(f"models/rules/{entry.name}", text=entry.read_text("utf-8")))
-    return out
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -718,6 +720,7 @@ _WHOLE: Final = 255
 _Entry = tuple[int, re.Pattern[str], int, Rule, str]
 
 
+@lru_cache(maxsize=65536)  # per alternative, shared by every plan that includes it
 def _literal_prefix(branch: str) -> str:
     """The lower-cased ASCII text every match of ``\\bword ...`` starts with, or "".
 
