@@ -853,6 +853,9 @@ class Classifier:
         self._cache: dict[_Key, Classification] = {}
         self._raw_cache: dict[_Key, Classification] = {}
         self._plans: dict[tuple[str | None, str | None], _Plan] = {}
+        self._plans_by_scope: dict[frozenset[str], _Plan] = {}
+        #: every provider or operator name some rule is scoped to
+        self._named = frozenset(p for r in self.rules for p in r.providers)
         self._results: dict[tuple[str, str, str], Classification] = {}
 
     # -- public API ---------------------------------------------------------------------------
@@ -942,7 +945,19 @@ class Classifier:
         plan = self._plans.get(pk)
         if plan is not None:
             return plan
-        scope = {s.lower() for s in (provider, operator) if s}
+        # rules are selected by the provider names they list, so every (provider, operator)
+        # pair naming the same of those names shares one plan (most MX operators name none)
+        scope = {s.lower() for s in (provider, operator) if s} & self._named
+        plan = self._plans_by_scope.get(frozenset(scope))
+        if plan is None:
+            plan = self._build_plan(scope)
+            self._plans_by_scope[frozenset(scope)] = plan
+        if len(self._plans) > 4096:
+            self._plans.clear()
+        self._plans[pk] = plan
+        return plan
+
+    def _build_plan(self, scope: set[str]) -> _Plan:
         ordered: list[Rule] = []
         u = self._user_rules
         d = self._default_rules
@@ -1003,9 +1018,6 @@ class Classifier:
             always << nkeys,
             _PrefixBits({w.encode(): v for w, v in kv.items() if w.isascii()}),
         )
-        if len(self._plans) > 4096:
-            self._plans.clear()
-        self._plans[pk] = plan
         return plan
 
     def _decide(

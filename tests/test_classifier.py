@@ -756,3 +756,16 @@ def test_prefix_memo_is_bounded() -> None:
     for i in range(0, len(words), 50):
         plan.packed(" ".join(words[i : i + 50]))
         assert len(plan.prefixes) <= _MEMO_MAX
+
+
+def test_plans_are_shared_by_pairs_naming_the_same_rule_providers() -> None:
+    c = Classifier()
+    assert c._plan("other", "mx-op-1") is c._plan("other", "mx-op-2") is c._plan(None, None)
+    assert c._plan("google", "mx-op-1") is c._plan("google", None)
+    assert c._plan("google", None) is not c._plan("other", None)
+    assert c._plan("other", "mimecast") is not c._plan("other", None)
+    # the shared plan decides like the rules scoped to the pair would
+    text = "550 5.1.1 user unknown"
+    assert c.classify(550, None, text, "other", "mx-op-3") == Classifier().classify(
+        550, None, text, "other", "mx-op-3"
+    )
