@@ -35,7 +35,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from models.deltas import Deltas
-from models.detectors import DEFAULT_DETECTORS, DetectorSpec, WindowTest, run_window, shrunk_rate
+from models.detectors import DEFAULT_DETECTORS, DetectorSpec, run_window, shrunk_rate
 from models.incidents import Incident, IncidentChange, incident_id
 from models.rolling import (
     COARSE_COLUMNS,
@@ -270,47 +270,41 @@ class Monitor:
             coarse_den: F64 | None = None
             if spec.den_coarse_h > 0:
                 coarse_den = self._coarse_rate_den(spec, rows, now)
-            tests: list[WindowTest] = []
+            # every window of the detector in one test: rows are (window, scope)
+            dens, p0s = [], []
             for k in spec.windows:
                 s = sums[k]
                 den = s[:, di]
                 if coarse_den is not None:  # the larger of the window's and the smoothed one
                     den = np.maximum(den, coarse_den * (k * st.config.fine_s))
-                p0k = p0
+                dens.append(den)
                 if spec.peer_adjust and prov_mask.sum() > 1:
-                    p0k = self._peer_adjusted(p0, s[:, ni], den, prov_mask)
-                tests.append(
-                    run_window(
-                        spec,
-                        s[:, ni],
-                        den,
-                        p0k,
-                        uu=s[:, R["user_unknown"]],
-                        kg=s[:, R["user_unknown_known_good"]],
-                        min_den=min_den,
-                        min_abs=min_abs,
-                        abs_rate=abs_rate,
-                    )
-                )
-            opens = np.zeros(rows.size, dtype=np.bool_)
-            hot = np.zeros(rows.size, dtype=np.bool_)
-            best_z = np.full(rows.size, -np.inf)
-            best_w = np.zeros(rows.size, dtype=np.intp)
-            for wi, t in enumerate(tests):
-                opens |= t.opens
-                hot |= t.hot
-                # evidence: the opening window with the largest z (else the largest z)
-                score = np.where(t.opens, t.z + 1e6, t.z)
-                better = score > best_z
-                best_z = np.where(better, score, best_z)
-                best_w = np.where(better, wi, best_w)
+                    p0s.append(self._peer_adjusted(p0, s[:, ni], den, prov_mask))
+                else:
+                    p0s.append(p0)
+            win = np.stack([sums[k] for k in spec.windows])  # (windows, rows, columns)
+            t = run_window(
+                spec,
+                win[:, :, ni],
+                np.stack(dens),
+                np.stack(p0s),
+                uu=win[:, :, R["user_unknown"]],
+                kg=win[:, :, R["user_unknown_known_good"]],
+                min_den=min_den,
+                min_abs=min_abs,
+                abs_rate=abs_rate,
+            )
+            opens = t.opens.any(axis=0)
+            hot = t.hot.any(axis=0)
+            # evidence: the opening window with the largest z (else the largest z); the first
+            # such window on ties
+            best_w = np.argmax(np.where(t.opens, t.z + 1e6, t.z), axis=0)
             opens &= allowed
             hot &= allowed
             hot_pos = np.flatnonzero(hot)
             hot_by_type[spec.type] = {int(rows[p]) for p in hot_pos}
-            last = tests[-1]
-            excess = last.x - last.n * p0
-            rate_any = np.max(np.stack([t.rate for t in tests]), axis=0)
+            excess = t.x[-1] - t.n[-1] * p0
+            rate_any = t.rate.max(axis=0)
             # update open incidents of this type
             for (typ, scope), inc in self._open.items():
                 if typ != spec.type:
@@ -348,10 +342,10 @@ class Monitor:
                         rel.related.append(name)
                         self.related_total += 1
                     continue
-                t = tests[int(best_w[p])]
-                window_s = spec.windows[int(best_w[p])] * st.config.fine_s
-                counts = sums[spec.windows[int(best_w[p])]][p]
-                rate = float(t.rate[p])
+                w = int(best_w[p])
+                window_s = spec.windows[w] * st.config.fine_s
+                counts = win[w, p]
+                rate = float(t.rate[w, p])
                 inc = Incident(
                     id=incident_id(spec.type, name, now),
                     type=spec.type,
@@ -362,12 +356,12 @@ class Monitor:
                         "signal": spec.num,
                         "denominator": spec.den,
                         "window_s": window_s,
-                        "count": int(t.x[p]),
-                        "volume": int(t.n[p]),
+                        "count": int(t.x[w, p]),
+                        "volume": int(t.n[w, p]),
                         "rate": round(rate, 6),
-                        "baseline": round(float(t.p0[p]), 6),
+                        "baseline": round(float(t.p0[w, p]), 6),
                         "parent_baseline": round(float(p_parent[p]), 6),
-                        "z": round(float(t.z[p]), 2),
+                        "z": round(float(t.z[w, p]), 2),
                         "counts": {c: int(counts[i]) for i, c in enumerate(ROLL_COLUMNS)},
                         "top_replies": self._top_replies(r),
                     },
