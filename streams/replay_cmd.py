@@ -274,10 +274,16 @@ def shard_of(line: bytes, n: int) -> int:
 
 
 def _shard_worker(
-    paths: list[Path], shard: int, n: int, tick_s: float, q: Any, max_pending: int
+    paths: list[Path],
+    shard: int,
+    n: int,
+    tick_s: float,
+    q: Any,
+    max_pending: int,
+    pipeline: Pipeline,
 ) -> None:
     loop = TickLoop(
-        Pipeline(loads=orjson.loads),
+        pipeline,
         lambda d, boundary: q.put(("d", shard, boundary, d)),
         tick_s,
         max_pending,
@@ -303,9 +309,13 @@ def replay_parallel(
 
     ctx = mp.get_context("fork")
     q = ctx.Queue(maxsize=256)
+    # built once here (rule files parsed, regexes compiled); each forked process gets a copy
+    template = Pipeline(loads=orjson.loads)
     procs = [
         ctx.Process(
-            target=_shard_worker, args=(paths, i, jobs, tick_s, q, max_pending), daemon=True
+            target=_shard_worker,
+            args=(paths, i, jobs, tick_s, q, max_pending, template),
+            daemon=True,
         )
         for i in range(jobs)
     ]
