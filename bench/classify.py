@@ -19,6 +19,7 @@ import random
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +50,17 @@ def vary(text: str, i: int) -> str:
     return f"{text} <user{i}@example{i % 97}.com> [{ip}] id={qid}"
 
 
-def bench(n_unique: int, n_repeated: int) -> dict[str, float]:
+def _best_rate(n: int, run: Callable[[], object], repeat: int) -> float:
+    """Events per second of the fastest of ``repeat`` timed runs (the machine is shared)."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - t0)
+    return n / best
+
+
+def bench(n_unique: int, n_repeated: int, repeat: int = 3) -> dict[str, float]:
     rows = load_corpus()
     inputs = [
         (r["smtp_code"], r["enhanced_code"], str(r["response"]), r.get("provider")) for r in rows
@@ -63,11 +74,12 @@ def bench(n_unique: int, n_repeated: int) -> dict[str, float]:
         uniq.append((s, e, vary(t, i), p))
     out: dict[str, float] = {}
 
-    c = Classifier()
-    t0 = time.perf_counter()
-    for s, e, t, p in uniq:
-        c.classify(s, e, t, p, p)  # type: ignore[arg-type]
-    out["unique_raw_cache_cold"] = n_unique / (time.perf_counter() - t0)
+    def fresh_unique() -> None:  # a new classifier per round: its caches start cold
+        c = Classifier()
+        for s, e, t, p in uniq:
+            c.classify(s, e, t, p, p)  # type: ignore[arg-type]
+
+    out["unique_raw_cache_cold"] = _best_rate(n_unique, fresh_unique, repeat)
 
     # issue 3's figure: replies never seen before. Every text is distinct even after
     # normalisation (a serial number survives it) and all caches are disabled, so every call
@@ -77,34 +89,42 @@ def bench(n_unique: int, n_repeated: int) -> dict[str, float]:
     c0 = Classifier(cache_size=0)
     for s, e, t, p in inputs:
         c0.classify(s, e, t, p, p)  # type: ignore[arg-type]
-    t0 = time.perf_counter()
-    for s, e, t, p in distinct:
-        c0.classify(s, e, t, p, p)  # type: ignore[arg-type]
-    out["unique_no_cache"] = n_unique / (time.perf_counter() - t0)
+
+    def uncached() -> None:
+        for s, e, t, p in distinct:
+            c0.classify(s, e, t, p, p)  # type: ignore[arg-type]
+
+    out["unique_no_cache"] = _best_rate(n_unique, uncached, repeat)
 
     # the same texts with the caches on: every lookup misses and both caches grow, so this
     # adds the cost of hashing and storing the keys to the uncached work
-    cd = Classifier()
-    for s, e, t, p in inputs:
-        cd.classify(s, e, t, p, p)  # type: ignore[arg-type]
-    t0 = time.perf_counter()
-    for s, e, t, p in distinct:
-        cd.classify(s, e, t, p, p)  # type: ignore[arg-type]
-    out["distinct_normalised"] = n_unique / (time.perf_counter() - t0)
+    best = float("inf")
+    for _ in range(repeat):  # a fresh, warmed classifier per round, so every lookup misses
+        cd = Classifier()
+        for s, e, t, p in inputs:
+            cd.classify(s, e, t, p, p)  # type: ignore[arg-type]
+        t0 = time.perf_counter()
+        for s, e, t, p in distinct:
+            cd.classify(s, e, t, p, p)  # type: ignore[arg-type]
+        best = min(best, time.perf_counter() - t0)
+    out["distinct_normalised"] = n_unique / best
 
-    t0 = time.perf_counter()
-    for _, _, t, _ in uniq:
-        normalize_reply(t)
-    out["normalize_only"] = n_unique / (time.perf_counter() - t0)
+    def normalize_only() -> None:
+        for _, _, t, _ in uniq:
+            normalize_reply(t)
+
+    out["normalize_only"] = _best_rate(n_unique, normalize_only, repeat)
 
     warm = Classifier()
     rep = [inputs[rng.randrange(len(inputs))] for _ in range(n_repeated)]
     for s, e, t, p in inputs:
         warm.classify(s, e, t, p, p)  # type: ignore[arg-type]
-    t0 = time.perf_counter()
-    for s, e, t, p in rep:
-        warm.classify(s, e, t, p, p)  # type: ignore[arg-type]
-    out["repeated"] = n_repeated / (time.perf_counter() - t0)
+
+    def repeated() -> None:
+        for s, e, t, p in rep:
+            warm.classify(s, e, t, p, p)  # type: ignore[arg-type]
+
+    out["repeated"] = _best_rate(n_repeated, repeated, repeat)
     return out
 
 
@@ -147,12 +167,14 @@ def main() -> None:
     ap.add_argument("--unique", type=int, default=100_000)
     ap.add_argument("--repeated", type=int, default=1_000_000)
     ap.add_argument("--no-accuracy", action="store_true")
+    ap.add_argument("--repeat", type=int, default=3, help="best of N timed rounds per case")
     a = ap.parse_args()
     print(
         f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
         f"python={platform.python_version()}"
     )
-    r = bench(a.unique, a.repeated)
+    r = bench(a.unique, a.repeated, a.repeat)
+    print(f"best of {a.repeat} rounds per case")
     print(
         f"repeated replies (cache hit):      {r['repeated']:>12,.0f}/s  "
         f"target {TARGET_REPEATED:,}/s  ratio {r['repeated'] / TARGET_REPEATED:.2f}"
