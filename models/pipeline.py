@@ -248,6 +248,10 @@ class Pipeline:
         #: per scope dimension: raw value -> scope id (skips formatting the scope name)
         self._dim_ids: list[dict[str, int]] = [{} for _ in SCOPE_KINDS]
         self._domains: dict[str, str | None] = {}
+        #: (recipient_domain, mx_host) -> (scope ids of domain/provider/mx, provider, operator)
+        self._heads: dict[tuple[str | None, str | None], tuple[tuple[int, ...], str, str]] = {}
+        #: (ip, pool, sender, tenant, campaign) -> their scope ids
+        self._tails: dict[tuple[str | None, ...], tuple[int, ...]] = {}
         self._combo_provider: list[tuple[str, str]] = []
         self._combo_arr: NDArray[np.int64] = np.zeros((0, _N_DIMS), dtype=np.int64)
         self._combo_len = 0  # rows of _combo_arr in use
@@ -656,33 +660,49 @@ class Pipeline:
             )
         elif (dom := self._domain(rdomain) if rdomain is not None else None) is None:
             res = Rejection("bad_domain", "recipient domain is not a valid domain name")
-        elif sender and (sdom := self._domain(sender)) is None:
+        elif sender and self._domain(sender) is None:
             res = Rejection("bad_domain", "sender_domain is not a valid domain name")
         else:
-            mx = (mx_host or "").strip().lower().rstrip(".")
-            provider, operator = self.resolver.resolve(dom, mx)
-            values = (dom, provider, operator, ip, pool, sdom if sender else None, tenant, campaign)
-            out = []
-            for dim, v in enumerate(values):
-                if not v:
-                    out.append(-1)
-                    continue
-                ids = self._dim_ids[dim]
-                sid = ids.get(v)
-                if sid is None:
-                    name = f"{SCOPE_KINDS[dim]}:{v.strip()}"
-                    sid = self._scope_ids.get(name)
-                    if sid is None:
-                        sid = len(self._scope_names)
-                        self._scope_ids[name] = sid
-                        self._scope_names.append(name)
-                    ids[v] = sid
-                out.append(sid)
+            # scope ids of the (domain, MX) part and of the sending part, each cached: a new
+            # combination of known parts costs two lookups. Ids are given in dimension order,
+            # only to valid combinations, as one pass over the eight dimensions would.
+            head = self._heads.get((rdomain, mx_host))
+            if head is None:
+                mx = (mx_host or "").strip().lower().rstrip(".")
+                provider, operator = self.resolver.resolve(dom, mx)
+                head = (self._scope_sids((dom, provider, operator), 0), provider, operator)
+                self._heads[(rdomain, mx_host)] = head
+            tail_key = (ip, pool, sender, tenant, campaign)
+            tail = self._tails.get(tail_key)
+            if tail is None:
+                sdom = self._domain(sender) if sender else None
+                tail = self._scope_sids((ip, pool, sdom, tenant, campaign), 3)
+                self._tails[tail_key] = tail
             res = len(self._combo_scopes)
-            self._combo_scopes.append(tuple(out))
-            self._combo_provider.append((provider, operator))
+            self._combo_scopes.append(head[0] + tail)
+            self._combo_provider.append((head[1], head[2]))
         self._combo[key] = res
         return res
+
+    def _scope_sids(self, values: tuple[str | None, ...], first_dim: int) -> tuple[int, ...]:
+        """Scope ids of consecutive dimensions from ``first_dim`` (-1 for an empty value)."""
+        out = []
+        for dim, v in enumerate(values, first_dim):
+            if not v:
+                out.append(-1)
+                continue
+            ids = self._dim_ids[dim]
+            sid = ids.get(v)
+            if sid is None:
+                name = f"{SCOPE_KINDS[dim]}:{v.strip()}"
+                sid = self._scope_ids.get(name)
+                if sid is None:
+                    sid = len(self._scope_names)
+                    self._scope_ids[name] = sid
+                    self._scope_names.append(name)
+                ids[v] = sid
+            out.append(sid)
+        return tuple(out)
 
     def _domain(self, raw: str) -> str | None:
         """:func:`normalise_domain`, cached (a stream has far fewer domains than events)."""
@@ -850,6 +870,8 @@ class Pipeline:
             self._combo_provider.clear()
             for ids in self._dim_ids:
                 ids.clear()
+            self._heads.clear()
+            self._tails.clear()
             self._combo_arr = np.zeros((0, _N_DIMS), dtype=np.int64)
             self._combo_len = 0
 
