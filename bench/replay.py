@@ -27,8 +27,8 @@ import orjson
 
 from models.deltas import Deltas
 from models.monitor import Monitor
-from models.pipeline import Pipeline
 from models.simulation import SimConfig, Simulator
+from streams.decoding import ingest_pipeline
 from streams.replay_cmd import TickLoop, replay_lines, replay_parallel
 
 TARGET = 100_000.0
@@ -65,7 +65,7 @@ def main() -> None:
         best = float("inf")
         opened = 0
         for _ in range(args.repeat):
-            mon, pipe = Monitor(), Pipeline(loads=orjson.loads)
+            mon, pipe = Monitor(), ingest_pipeline()
             sink = io.BytesIO()
             t = time.perf_counter()
             with path.open("rb") as fh:
@@ -80,7 +80,7 @@ def main() -> None:
                 best_par = min(best_par, time.perf_counter() - t)
         # breakdown on the same data: the same batched loop, Deltas kept, then the Monitor alone
         deltas: list[Deltas] = []
-        loop = TickLoop(Pipeline(loads=orjson.loads), lambda d, _b: deltas.append(d))
+        loop = TickLoop(ingest_pipeline(), lambda d, _b: deltas.append(d))
         t = time.perf_counter()
         with path.open("rb") as fh:
             loop.run(fh)

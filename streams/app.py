@@ -42,6 +42,7 @@ from models.deltas import Deltas
 from models.monitor import Monitor
 from models.pipeline import Pipeline, Rejection
 from models.schema import N_COLUMNS
+from streams.decoding import ingest_pipeline
 from streams.metrics import Metrics
 from streams.settings import Settings
 
@@ -149,12 +150,11 @@ class WorkerState:
     def pipeline(self, partition: int) -> Pipeline:
         p = self.pipelines.get(partition)
         if p is None:
-            p = Pipeline(
+            p = ingest_pipeline(
                 self.classifier,
                 bucket_s=self.settings.bucket_s,
                 clock=time.time,
                 max_future_skew_s=self.settings.max_future_skew_s,
-                loads=orjson.loads,
             )
             self.pipelines[partition] = p
         return p

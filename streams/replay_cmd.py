@@ -42,6 +42,7 @@ from models.monitor import Monitor, MonitorConfig
 from models.pipeline import BATCH_ROWS, Pipeline, parse_timestamp
 from models.rolling import RollingConfig
 from models.schema import COL
+from streams.decoding import ingest_pipeline
 
 _PROGRESS_EVERY = 65536
 
@@ -310,7 +311,7 @@ def replay_parallel(
     ctx = mp.get_context("fork")
     q = ctx.Queue(maxsize=256)
     # built once here (rule files parsed, regexes compiled); each forked process gets a copy
-    template = Pipeline(loads=orjson.loads)
+    template = ingest_pipeline()
     procs = [
         ctx.Process(
             target=_shard_worker,
@@ -525,7 +526,7 @@ def register(app: typer.Typer) -> None:
                 raise typer.BadParameter(f"no such file: {p}")
         err = Console(stderr=True)
         mon = Monitor(MonitorConfig(rolling=RollingConfig(lateness_s=lateness), warmup_s=warmup))
-        pipe = Pipeline(loads=orjson.loads)
+        pipe = ingest_pipeline()
         timeline = Timeline() if report else None
         changes: list[IncidentChange] = []
         total = sum(p.stat().st_size for p in files if str(p) != "-") if len(files) == 1 else None

@@ -14,8 +14,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.pipeline import Pipeline, normalise_domain, parse_timestamp, recipient_key
+from models.pipeline import (
+    KNOWN_FIELDS,
+    Pipeline,
+    normalise_domain,
+    parse_timestamp,
+    recipient_key,
+)
 from models.schema import CLASS_CODE, COL, COLUMNS, EVENT_KINDS, REASON_CODE
+from streams.decoding import CanonicalEvent, typed_loads
 
 BASE = 1_795_305_600.0  # 2026-11-22T00:00:00Z
 
@@ -433,16 +440,21 @@ def _deltas_equal(a: Any, b: Any) -> None:
     assert a.watermark == b.watermark
 
 
+@pytest.mark.parametrize("typed", [False, True], ids=["dict", "typed"])
 @pytest.mark.parametrize("bad", _BAD, ids=lambda b: json.dumps(b)[:40])
 @pytest.mark.parametrize("with_recipient", [True, False])
 def test_feed_many_rejects_each_bad_event_like_feed(
-    bad: dict[str, Any], with_recipient: bool
+    bad: dict[str, Any], with_recipient: bool, typed: bool
 ) -> None:
     """Every bad event, otherwise complete, between good ones: the same verdicts both ways."""
     ev_ = {"timestamp": BASE + 5, **({"recipient": "z@gmail.com"} if with_recipient else {}), **bad}
-    msgs = [json.dumps({**g, "timestamp": BASE + i}).encode() for i, g in enumerate(_GOOD)]
+    # the typed variant leaves out the event with vendor fields, which the strict decoder
+    # refuses: otherwise every chunk would take the general path
+    goods = [g for g in _GOOD if not typed or KNOWN_FIELDS.issuperset(g)]
+    msgs = [json.dumps({**g, "timestamp": BASE + i}).encode() for i, g in enumerate(goods)]
     msgs.insert(3, json.dumps(ev_).encode())
-    one, many = make(clock=lambda: BASE + 7200), make(clock=lambda: BASE + 7200)
+    one = make(clock=lambda: BASE + 7200)
+    many = make(clock=lambda: BASE + 7200, typed_loads=typed_loads() if typed else None)
     want = [(i, r) for i, m in enumerate(msgs) if (r := one.feed(m)) is not None]
     assert [i for i, _ in want] == [3]  # the bad one, and only it
     assert many.feed_many(msgs) == want
@@ -450,12 +462,22 @@ def test_feed_many_rejects_each_bad_event_like_feed(
     _deltas_equal(many.flush(), one.flush())
 
 
-@settings(max_examples=150, deadline=None)
-@given(_messages(), st.integers(1, 40), st.sampled_from([json.loads, orjson.loads]))
-def test_feed_many_equals_feed_one_by_one(msgs: list[bytes], batch: int, loads: Any) -> None:
-    """Same rejections (index, reason, detail), statistics, watermark and Deltas."""
+@settings(max_examples=200, deadline=None)
+@given(
+    _messages(),
+    st.integers(1, 40),
+    st.sampled_from([json.loads, orjson.loads]),
+    st.booleans(),
+)
+def test_feed_many_equals_feed_one_by_one(
+    msgs: list[bytes], batch: int, loads: Any, typed: bool
+) -> None:
+    """Same rejections (index, reason, detail), statistics, watermark and Deltas, with and
+    without the strict typed decoder of streams/decoding.py."""
     one = make(loads=loads, clock=lambda: BASE + 7200)
-    many = make(loads=loads, clock=lambda: BASE + 7200)
+    many = make(
+        loads=loads, clock=lambda: BASE + 7200, typed_loads=typed_loads() if typed else None
+    )
     want = [(i, r) for i, m in enumerate(msgs) if (r := one.feed(m)) is not None]
     got = []
     for s in range(0, len(msgs), batch):
@@ -488,3 +510,33 @@ def test_partial_flush_equals_flushing_at_that_event(
     assert list(batched.pending_timestamps(k)) == list(ref.pending_timestamps())
     _deltas_equal(batched.flush(upto=k), head)
     _deltas_equal(batched.flush(), ref.flush())
+
+
+def test_typed_decoder_covers_exactly_the_known_fields() -> None:
+    assert set(CanonicalEvent.__struct_fields__) == KNOWN_FIELDS
+
+
+def test_typed_path_is_taken_for_clean_chunks_and_rests_after_refusals() -> None:
+    calls = 0
+    strict = typed_loads()
+
+    def counting(raw: bytes) -> Any:
+        nonlocal calls
+        calls += 1
+        return strict(raw)
+
+    p = make(typed_loads=counting)
+    clean = [ev("delivered", ts=BASE + i, rcpt=f"u{i}@gmail.com") for i in range(10)]
+    assert p.feed_many(clean) == []
+    assert calls == 10 and p.stats.accepted == 10
+    vendor = [ev("sent", ts=BASE + 20, x_vendor=1), *clean]  # refused by the strict decoder
+    for _ in range(3):
+        assert p.feed_many(vendor) == []
+    assert p.stats.unknown_fields == 3  # counted by the general path
+    calls = 0
+    for _ in range(64):  # resting: the strict decoder is not asked
+        p.feed_many(clean)
+    assert calls == 0
+    p.feed_many(clean)
+    assert calls == 10
+    assert p.stats.accepted == 10 + 3 * 11 + 65 * 10
