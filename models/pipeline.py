@@ -411,13 +411,14 @@ class Pipeline:
             for s in range(0, len(raws), BATCH_ROWS):
                 out += [(s + i, r) for i, r in self.feed_many(raws[s : s + BATCH_ROWS])]
             return out
+        longest = max(map(len, raws), default=0)  # one pass, used by every size check
         if self._typed_loads is not None and raws:
-            typed = self._feed_typed(raws)
+            typed = self._feed_typed(raws, longest)
             if typed is not None:
                 return typed
         out = []
         try:
-            if max(map(len, raws), default=0) > MAX_EVENT_BYTES:
+            if longest > MAX_EVENT_BYTES:
                 raise ValueError
             objs: list[Any] = list(map(self._loads, raws))
         except (ValueError, UnicodeDecodeError):  # decode one by one: which ones are bad
@@ -439,7 +440,7 @@ class Pipeline:
                     out.append((i, self._reject("not_an_object", _not_object(obj))))
             dicts = [objs[i] for i in rows]
         if dicts:
-            slow = self._add_many(dicts, raws)
+            slow = self._add_many(dicts, longest)
             for j, obj in slow:
                 rej = self.feed_obj(obj)  # placed in order by _add_many's segments
                 if rej is not None:
@@ -448,7 +449,9 @@ class Pipeline:
             out.sort(key=_first)
         return out
 
-    def _feed_typed(self, raws: Sequence[bytes]) -> list[tuple[int, Rejection]] | None:
+    def _feed_typed(
+        self, raws: Sequence[bytes], longest: int
+    ) -> list[tuple[int, Rejection]] | None:
         """The chunk through the strict decoder, or None when it refused some message.
 
         ``typed_loads`` must return an object with one attribute per field of
@@ -463,7 +466,7 @@ class Pipeline:
             return None
         assert self._typed_loads is not None
         try:
-            if max(map(len, raws)) > MAX_EVENT_BYTES:
+            if longest > MAX_EVENT_BYTES:
                 raise ValueError
             objs = list(map(self._typed_loads, raws))
         except Exception:
@@ -473,7 +476,7 @@ class Pipeline:
             return None
         self._typed_failures = 0
         out: list[tuple[int, Rejection]] = []
-        for j, _ in self._add_many(objs, raws, typed=True):
+        for j, _ in self._add_many(objs, longest, typed=True):
             rej = self.feed(raws[j])  # a row that failed a check: the exact rejection
             if rej is not None:
                 out.append((j, rej))
@@ -488,12 +491,12 @@ class Pipeline:
             return _BAD, self._reject("bad_json", str(exc)[:200])
 
     def _add_many(
-        self, objs: list[Any], raws: Sequence[bytes], typed: bool = False
+        self, objs: list[Any], longest: int, typed: bool = False
     ) -> Iterator[tuple[int, Any]]:
         """Count the rows that pass every check in bulk; yield the others, in input order,
         between the bulk appends so the columns keep the input order."""
         try:
-            bad, cols = self._check_many(objs, raws, typed)
+            bad, cols = self._check_many(objs, longest, typed)
         except Exception:  # anything unexpected: the per-event path decides every row
             yield from enumerate(objs)
             return
@@ -504,9 +507,7 @@ class Pipeline:
             start = j + 1
         self._append_many(cols, start, len(objs))
 
-    def _check_many(
-        self, objs: list[Any], raws: Sequence[bytes], typed: bool
-    ) -> tuple[set[int], _Batch]:
+    def _check_many(self, objs: list[Any], longest: int, typed: bool) -> tuple[set[int], _Batch]:
         """Check a chunk column by column: ``objs`` are dicts, or objects from ``typed_loads``
         (``typed``: every field already has its JSON type and no field is unknown)."""
         n = len(objs)
@@ -558,7 +559,7 @@ class Pipeline:
         # the other string fields of every event
         strs: dict[str, list[Any]] = {}
         strings: set[str] = set()  # the fields whose values are all strings or null
-        short = max(map(len, raws)) <= MAX_FIELD_CHARS  # then no string can be too long
+        short = longest <= MAX_FIELD_CHARS  # no message that short holds a longer string
         for name in _EVENT_STR_FIELDS:
             col = strs[name] = column(name)
             lim = MAX_RESPONSE_CHARS if name == "response" else MAX_FIELD_CHARS
