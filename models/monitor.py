@@ -205,10 +205,28 @@ class Monitor:
         return pr
 
     # ------------------------------------------------------------------------------ detect
+    def advance_through(self, watermark: float, step_s: float) -> list[IncidentChange]:
+        """Run the detectors at every multiple of ``step_s`` of event time up to ``watermark``,
+        then at ``watermark``: a watermark that jumps (a backlog read in seconds, a partition
+        that catches up) is detected at the event times a replay with ``--tick step_s`` uses,
+        not once at the end of the jump."""
+        out: list[IncidentChange] = []
+        t = self.store.watermark
+        if t > 0 and step_s > 0:
+            b = (math.floor(t / step_s) + 1) * step_s
+            while b < watermark:
+                out.extend(self.advance(b))
+                b += step_s
+        out.extend(self.advance(watermark))
+        return out
+
     def advance(self, watermark: float) -> list[IncidentChange]:
         """Run the detectors at event time ``watermark``; returns opened/closed changes."""
         st = self.store
         st.advance_to(watermark)
+        if st.merged_early:  # rows held ahead of the clock were counted
+            st.merged_early = False
+            self._dirty = True
         self._rotate_replies()
         now = st.watermark
         head_moved = st.fine_head != self._last_head
@@ -561,6 +579,9 @@ class Monitor:
             "capacity_rows": st.capacity,
             "late_dropped": st.late_dropped,
             "late_rows_dropped": st.late_rows_dropped,
+            "early_events": st.early_events,
+            "early_dropped": st.early_dropped,
+            "early_rows_held": st.early_rows,
             "upstream_late_dropped": st.upstream_late_dropped,
             "evicted": st.evicted,
             "incidents_open": open_by_type,

@@ -18,9 +18,21 @@ All scopes share one event-time clock: the ring *heads* are global, so advancing
 slot for all rows at once and a ``Deltas`` is added with one ``np.add.at`` per ring. Rows are
 found through ``dict[str, int]``; evicted rows go to a free list and the arrays grow by doubling.
 
-Lateness: a delta row whose bucket starts before ``watermark - lateness_s`` (the watermark is the
-largest event time seen) is not counted in any bucket: its events are added to ``late_dropped``
-(counted once per event, on the ``provider:`` rows: every event has exactly one provider scope).
+Event time: only ``advance_to`` moves the clock. The caller passes the event-time watermark, in the
+worker the minimum over the live input partitions (docs/architecture.md); ``add`` never moves it,
+so one partition (or one event) far ahead cannot make the others' events late.
+
+- A delta row whose bucket is *ahead* of the newest fine bucket is held in an *early* buffer and
+  counted in its own bucket as soon as the watermark reaches it (``early_events`` counts the events
+  that waited). Nothing ahead of the watermark is lost, however far ahead it is, up to
+  ``max_early_rows`` buffered rows; past that the rows are dropped and counted in
+  ``early_dropped``.
+- A row is *late* when its whole fine bucket ends at or before ``watermark - lateness_s``: its events
+  are added to ``late_dropped`` (counted once per event, on the ``provider:`` rows: every event has
+  exactly one provider scope). Every event within the lateness of the watermark is therefore
+  counted in its own bucket, whatever the bucket boundaries (``lateness_s`` is validated to fit
+  in the fine ring).
+
 Scopes that saw no event for ``idle_evict_s`` are evicted (``evicted`` counts them).
 
 Memory with the defaults is about 1.9 KiB per active scope including the Python dict entry and
@@ -113,10 +125,11 @@ class RollingConfig:
     n_fine: int = 12  #: number of fine buckets (default: the last hour)
     coarse_s: int = 3600  #: width of a coarse bucket (s)
     n_coarse: int = 48  #: number of coarse buckets (default: 48 h)
-    lateness_s: float = 900.0  #: delta rows older than watermark - lateness_s are dropped
+    lateness_s: float = 900.0  #: rows whose bucket ended before watermark - lateness_s are dropped
     idle_evict_s: float = 6 * 3600.0  #: evict scopes idle (no event) for this long
     baseline_half_life_s: float = 12 * 3600.0  #: half-life of the EWMA baseline
     initial_capacity: int = 256  #: rows allocated up front (grown by doubling)
+    max_early_rows: int = 2_000_000  #: delta rows held ahead of the watermark at most
 
     def validate(self) -> None:
         if self.fine_s <= 0 or self.coarse_s <= 0 or self.n_fine < 2 or self.n_coarse < 2:
@@ -150,6 +163,13 @@ class RollingStore:
         self.coarse_head: int = -1
         self.watermark: float = 0.0
         self.late_dropped: int = 0  # events dropped as later than lateness_s (provider rows)
+        self.early_events: int = 0  # events that arrived ahead of the watermark and waited
+        self.early_dropped: int = 0  # events dropped because the early buffer was full
+        #: rows ahead of the newest fine bucket: (scope names, bucket starts, counts) chunks
+        self._early: list[tuple[list[str], NDArray[np.int64], NDArray[np.int64]]] = []
+        self._early_rows = 0
+        #: set when held rows were counted by advance_to (the detectors must run again)
+        self.merged_early = False
         self.late_rows_dropped: int = 0  # delta rows (scope x bucket) dropped as late
         self.upstream_late_dropped: int = 0  # late drops reported by the producer (Deltas)
         self.evicted: int = 0
@@ -247,6 +267,31 @@ class RollingStore:
             self.watermark = float(t)
         self._advance_fine(int(self.watermark // self.config.fine_s))
         self._advance_coarse(int(self.watermark // self.config.coarse_s))
+        if self._early:
+            self._merge_early()
+
+    def _merge_early(self) -> None:
+        """Count the held rows whose bucket the clock has reached."""
+        keep: list[tuple[list[str], NDArray[np.int64], NDArray[np.int64]]] = []
+        fine_s = self.config.fine_s
+        for names, starts, counts in self._early:
+            ready = starts // fine_s <= self.fine_head
+            if ready.all():
+                self._apply(names, starts, counts)
+            elif ready.any():
+                self._apply(names, starts[ready], counts[ready])
+                keep.append((names, starts[~ready], counts[~ready]))
+            else:
+                keep.append((names, starts, counts))
+                continue
+            self.merged_early = True
+        self._early = keep
+        self._early_rows = sum(len(st) for _, st, _ in keep)
+
+    @property
+    def early_rows(self) -> int:
+        """Delta rows held ahead of the watermark."""
+        return self._early_rows
 
     def _evict_idle(self) -> None:
         idle = self.active & ~self.frozen & (self.last_seen < self.fine_head - self._idle_buckets)
@@ -273,38 +318,79 @@ class RollingStore:
     def add(self, deltas: Deltas) -> NDArray[np.intp]:
         """Add one tick of counts; returns the local-scope -> row map of ``deltas.scopes``.
 
-        Rows whose bucket starts before ``watermark - lateness_s`` are dropped and counted.
+        Never moves the clock (see the module docstring): rows ahead of the newest fine bucket
+        wait in the early buffer, rows whose bucket ended before ``watermark - lateness_s`` are
+        dropped and counted.
         """
         self.upstream_late_dropped += int(deltas.late_dropped)
         n = len(deltas)
         if n == 0:
-            if deltas.watermark > self.watermark:
-                self.advance_to(deltas.watermark)
             return np.zeros(0, dtype=np.intp)
         cfg = self.config
         starts = deltas.bucket_start.astype(np.int64, copy=False)
-        wm = max(self.watermark, float(deltas.watermark), float(starts.max()))
-        self.advance_to(wm)
         counts = deltas.counts
-        ok = starts >= self.watermark - cfg.lateness_s
-        if not ok.all():
-            # every event is counted in exactly one provider: scope -> count events there
-            prov = np.array([s.startswith("provider:") for s in deltas.scopes], dtype=np.bool_)
-            late = ~ok & prov[deltas.scope_idx] if prov.size else ~ok
-            self.late_dropped += int(counts[late][:, _EVENT_COLS].sum())
-            self.late_rows_dropped += int((~ok).sum())
-            starts = starts[ok]
-            counts = counts[ok]
-            idx = deltas.scope_idx[ok]
-        else:
-            idx = deltas.scope_idx
+        idx = deltas.scope_idx.astype(np.intp, copy=False)
+        prov: NDArray[np.bool_] | None = None
+        if self.fine_head >= 0:
+            late = (starts // cfg.fine_s + 1) * cfg.fine_s <= self.watermark - cfg.lateness_s
+            if late.any():
+                prov = self._provider_mask(deltas.scopes)
+                self.late_dropped += self._events(counts[late & prov[idx]])
+                self.late_rows_dropped += int(late.sum())
+                ok = ~late
+                starts, counts, idx = starts[ok], counts[ok], idx[ok]
         if starts.size == 0:
             return np.zeros(0, dtype=np.intp)
-        used = np.unique(idx)
+        # rows for every scope with counted or held rows (the Monitor maps replies through them)
         local = np.full(len(deltas.scopes), -1, dtype=np.intp)
-        for i in used.tolist():
+        for i in np.unique(idx).tolist():
             local[i] = self.row(deltas.scopes[i])
-        rows = local[idx]
+        early = starts // cfg.fine_s > self.fine_head
+        if early.any():
+            if prov is None:
+                prov = self._provider_mask(deltas.scopes)
+            e_counts = counts[early]
+            n_events = self._events(e_counts[prov[idx[early]]])
+            if self._early_rows + int(early.sum()) > cfg.max_early_rows:
+                self.early_dropped += n_events
+            else:
+                self.early_events += n_events
+                self._early.append(
+                    (deltas.scopes, starts[early], self._named(idx[early], e_counts))
+                )
+                self._early_rows += int(early.sum())
+            now = ~early
+            starts, counts, idx = starts[now], counts[now], idx[now]
+        if starts.size:
+            self._apply_rows(local[idx], starts, counts)
+        return local
+
+    @staticmethod
+    def _named(idx: NDArray[np.intp], counts: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Held rows keep their scope index as an extra first column."""
+        return np.column_stack([idx.astype(np.int64), counts.astype(np.int64, copy=False)])
+
+    @staticmethod
+    def _provider_mask(scopes: list[str]) -> NDArray[np.bool_]:
+        # every event is counted in exactly one provider: scope -> count events there
+        return np.array([s.startswith("provider:") for s in scopes], dtype=np.bool_)
+
+    @staticmethod
+    def _events(counts: NDArray[np.int64]) -> int:
+        return int(counts[:, _EVENT_COLS].sum())
+
+    def _apply(self, names: list[str], starts: NDArray[np.int64], named: NDArray[np.int64]) -> None:
+        """Count held rows (scope index in the first column) now that their bucket is current."""
+        local = np.full(len(names), -1, dtype=np.intp)
+        idx = named[:, 0].astype(np.intp)
+        for i in np.unique(idx).tolist():
+            local[i] = self.row(names[i])
+        self._apply_rows(local[idx], starts, named[:, 1:])
+
+    def _apply_rows(
+        self, rows: NDArray[np.intp], starts: NDArray[np.int64], counts: NDArray[np.int64]
+    ) -> None:
+        cfg = self.config
         reduced = counts.astype(np.int64, copy=False) @ REDUCE
         fb = starts // cfg.fine_s
         cb = starts // cfg.coarse_s
@@ -312,7 +398,6 @@ class RollingStore:
         np.add.at(self.coarse, (rows, cb % cfg.n_coarse), reduced[:, COARSE_IDX].astype(np.uint32))
         np.maximum.at(self.last_seen, rows, fb)
         self.added_events += int(counts[:, _EVENT_COLS].sum())
-        return local
 
     # ----------------------------------------------------------------------------- read
     def fine_sum(self, k: int, rows: NDArray[np.intp] | None = None) -> NDArray[np.int64]:

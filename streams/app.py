@@ -368,7 +368,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         await flush_and_commit()
         wm = state.watermark()
         if wm > 0:
-            for change in state.monitor.advance(wm):
+            for change in state.monitor.advance_through(wm, settings.detect_every_s):
                 rec = change.to_json()
                 m.incident_change(rec)
                 log.warning(

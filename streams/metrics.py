@@ -135,6 +135,20 @@ class Metrics:
             "Events dropped for arriving after the lateness.",
             registry=r,
         )
+        self.early_events = Gauge(
+            "repmon_early_events",
+            "Events that arrived ahead of the event-time watermark and were held until it reached "
+            "their bucket (counted, not lost).",
+            registry=r,
+        )
+        self.early_dropped = Gauge(
+            "repmon_early_events_dropped",
+            "Events ahead of the watermark dropped because the early buffer was full.",
+            registry=r,
+        )
+        self.early_rows_held = Gauge(
+            "repmon_early_rows_held", "Delta rows held ahead of the watermark now.", registry=r
+        )
         self._seen_kind: dict[int, list[int]] = {}
         self._seen_rej: dict[int, dict[str, int]] = {}
         self._seen_unknown: dict[int, int] = {}
@@ -181,6 +195,9 @@ class Metrics:
         mm = monitor.metrics()
         self.active_scopes.set(mm.get("active_scopes", 0))
         self.late_dropped.set(mm.get("late_dropped", 0))
+        self.early_events.set(mm.get("early_events", 0))
+        self.early_dropped.set(mm.get("early_dropped", 0))
+        self.early_rows_held.set(mm.get("early_rows_held", 0))
         for typ, n in mm.get("incidents_open", {}).items():
             self.incidents_open.labels(typ).set(n)
         rows = monitor.status(top=len(self.providers)).get("scopes", {}).get("provider", [])

@@ -39,6 +39,12 @@ def make_deltas(
     )
 
 
+def feed(store: RollingStore, d: Deltas) -> None:
+    """What the Monitor does per tick: add the counts, then move the clock to the watermark."""
+    store.add(d)
+    store.advance_to(d.watermark)
+
+
 @pytest.mark.parametrize(
     ("cols", "expected"),
     [
@@ -69,8 +75,8 @@ def test_reduction(cols: dict[str, int], expected: dict[str, int]) -> None:
 
 def test_window_totals_and_rotation() -> None:
     st_ = RollingStore()
-    st_.add(make_deltas([("provider:google", T0, {"delivered": 10})]))
-    st_.add(make_deltas([("provider:google", T0 + 60, {"delivered": 5, "deferred": 1})]))
+    feed(st_, make_deltas([("provider:google", T0, {"delivered": 10})]))
+    feed(st_, make_deltas([("provider:google", T0 + 60, {"delivered": 5, "deferred": 1})]))
     tot = st_.window_totals("provider:google", 300)
     assert tot[ROLL_COLUMNS.index("attempts")] == 16
     # one hour later the first buckets have left the fine ring and been folded into the baseline
@@ -84,7 +90,7 @@ def test_window_totals_and_rotation() -> None:
 
 def test_late_rows_dropped_and_counted() -> None:
     st_ = RollingStore(RollingConfig(lateness_s=600))
-    st_.add(make_deltas([("provider:p", T0 + 3000, {"delivered": 1})]))
+    feed(st_, make_deltas([("provider:p", T0 + 3000, {"delivered": 1})]))
     d = make_deltas(
         [
             ("provider:p", T0 + 3000 - 540, {"delivered": 2}),
@@ -93,7 +99,7 @@ def test_late_rows_dropped_and_counted() -> None:
         ],
         watermark=T0 + 3000,
     )
-    st_.add(d)
+    feed(st_, d)
     assert st_.late_dropped == 7  # events, counted once (on the provider row)
     assert st_.late_rows_dropped == 2
     assert st_.window_totals("provider:p", 3600)[0] == 3
@@ -102,15 +108,15 @@ def test_late_rows_dropped_and_counted() -> None:
 
 def test_eviction_frees_rows_and_reuses_them() -> None:
     st_ = RollingStore(RollingConfig(idle_evict_s=1800, initial_capacity=2))
-    st_.add(make_deltas([("domain:a.com", T0, {"delivered": 1})]))
-    st_.add(make_deltas([("domain:b.com", T0, {"delivered": 1})]))
+    feed(st_, make_deltas([("domain:a.com", T0, {"delivered": 1})]))
+    feed(st_, make_deltas([("domain:b.com", T0, {"delivered": 1})]))
     old_row = st_.rows["domain:a.com"]
     # b stays active, a goes idle
     for k in range(1, 12):
-        st_.add(make_deltas([("domain:b.com", T0 + k * 300, {"delivered": 1})]))
+        feed(st_, make_deltas([("domain:b.com", T0 + k * 300, {"delivered": 1})]))
     assert "domain:a.com" not in st_
     assert st_.evicted == 1
-    st_.add(make_deltas([("domain:c.com", T0 + 12 * 300, {"delivered": 4})]))
+    feed(st_, make_deltas([("domain:c.com", T0 + 12 * 300, {"delivered": 4})]))
     assert st_.rows["domain:c.com"] == old_row  # freed row reused
     assert st_.window_totals("domain:c.com", 300)[0] == 4  # and it starts from zero
     assert st_.capacity == 2
@@ -119,7 +125,7 @@ def test_eviction_frees_rows_and_reuses_them() -> None:
 def test_growth_by_doubling() -> None:
     st_ = RollingStore(RollingConfig(initial_capacity=1))
     rows = [(f"domain:d{i}.com", T0, {"delivered": i + 1}) for i in range(37)]
-    st_.add(make_deltas(rows))
+    feed(st_, make_deltas(rows))
     assert st_.capacity == 64
     assert len(st_) == 37
     for i in range(37):
@@ -161,9 +167,11 @@ def test_property_window_equals_sum_of_accepted(rows: list[tuple[str, int, int, 
     for scope, minute, dlv, bnc in rows:  # one row per tick, in arbitrary event-time order
         start = T0 + minute * 60
         wm_before = st_.watermark
-        st_.add(make_deltas([(scope, start, {"delivered": dlv, "bounced": bnc})], watermark=start))
-        wm = max(wm_before, start)
-        if start < wm - cfg.lateness_s:
+        feed(
+            st_, make_deltas([(scope, start, {"delivered": dlv, "bounced": bnc})], watermark=start)
+        )
+        # late: the row's whole fine bucket ended before the clock (as it was) minus the lateness
+        if wm_before and (start // cfg.fine_s + 1) * cfg.fine_s <= wm_before - cfg.lateness_s:
             dropped += (dlv + bnc) if scope.startswith("provider:") else 0
         else:
             expected[scope] = expected.get(scope, 0) + dlv + bnc
@@ -190,8 +198,62 @@ def test_property_fine_sum_last_hour(values: list[int]) -> None:
     """One row per 5-min bucket in order: the 12-bucket sum is the sum of the last 12 values."""
     st_ = RollingStore()
     for k, v in enumerate(values):
-        st_.add(make_deltas([("pool:p", T0 + k * 300, {"delivered": v})]))
+        feed(st_, make_deltas([("pool:p", T0 + k * 300, {"delivered": v})]))
     r = np.array([st_.rows["pool:p"]])
     assert int(st_.fine_sum(12, r)[0, 0]) == sum(values[-12:])
     assert int(st_.fine_sum(3, r)[0, 0]) == sum(values[-3:])
     assert int(st_.coarse_sum(48, r)[0, COARSE_IDX.tolist().index(0)]) == sum(values)
+
+
+def test_add_never_moves_the_clock_and_holds_rows_ahead() -> None:
+    """One partition far ahead (a backlog, clock skew) neither moves time nor is lost."""
+    st_ = RollingStore()
+    feed(st_, make_deltas([("provider:p", T0, {"delivered": 1})], watermark=T0 + 30))
+    ahead = make_deltas([("provider:p", T0 + 2 * 3600, {"delivered": 5})], watermark=T0 + 2 * 3600)
+    before = st_.early_events  # the very first rows wait for the clock to start too
+    st_.add(ahead)
+    assert st_.watermark == T0 + 30
+    assert st_.early_rows == 1 and st_.early_events - before == 5
+    # a slower partition's event, 10 min behind the far one, is not late: the clock did not move
+    feed(st_, make_deltas([("provider:p", T0 + 60, {"bounced": 2})], watermark=T0 + 90))
+    assert st_.late_dropped == 0
+    assert st_.window_totals("provider:p", 600)[0] == 3
+    # the held row is counted in its own bucket once the clock reaches it
+    st_.advance_to(T0 + 2 * 3600 + 10)
+    assert st_.early_rows == 0 and st_.merged_early
+    assert st_.window_totals("provider:p", 300)[0] == 5
+    r = np.array([st_.rows["provider:p"]])
+    assert int(st_.coarse_sum(3, r)[0, 0]) == 8
+
+
+def test_early_buffer_is_bounded_and_counts_what_it_drops() -> None:
+    st_ = RollingStore(RollingConfig(max_early_rows=2))
+    feed(st_, make_deltas([("provider:p", T0, {"delivered": 1})]))
+    st_.add(
+        make_deltas(
+            [("provider:p", T0 + 600, {"delivered": 4}), ("ip:1", T0 + 600, {"delivered": 4})]
+        )
+    )
+    st_.add(make_deltas([("provider:p", T0 + 900, {"delivered": 3})]))
+    assert st_.early_events == 1 + 4 and st_.early_dropped == 3
+
+
+@pytest.mark.parametrize(
+    ("late_by", "counted"),
+    [
+        (0, True),
+        (299, True),
+        (600, True),  # exactly the lateness, whatever the bucket boundary
+        (780, True),  # past the lateness, but its bucket overlaps the lateness window
+        (900, False),  # its whole bucket ended before watermark - lateness
+        (1200, False),
+    ],
+)
+def test_every_event_within_the_lateness_is_counted(late_by: int, counted: bool) -> None:
+    st_ = RollingStore(RollingConfig(lateness_s=600))
+    wm = T0 + 3000 + 240  # 4 minutes into a 5-minute bucket
+    feed(st_, make_deltas([("provider:p", T0 + 3000, {"delivered": 1})], watermark=wm))
+    ts = wm - late_by
+    feed(st_, make_deltas([("provider:p", (ts // 60) * 60, {"bounced": 1})], watermark=wm))
+    assert (st_.late_dropped == 0) is counted
+    assert int(st_.window_totals("provider:p", 3600)[0]) == (2 if counted else 1)
