@@ -22,9 +22,11 @@ Event time: only ``advance_to`` moves the clock. The caller passes the event-tim
 worker the minimum over the live input partitions (docs/architecture.md); ``add`` never moves it,
 so one partition (or one event) far ahead cannot make the others' events late.
 
-- A delta row whose bucket is *ahead* of the newest fine bucket is held in an *early* buffer and
-  counted in its own bucket as soon as the watermark reaches it (``early_events`` counts the events
-  that waited). Nothing ahead of the watermark is lost, however far ahead it is, up to
+- A delta row that starts at or after the watermark is *ahead* of the clock: it is held in an
+  *early* buffer and counted in its own bucket as soon as the watermark passes its start
+  (``early_events`` counts the events that waited). So the detectors at event time ``t`` see the
+  events before ``t`` only (to the width of a delta row, the pipeline's 60 s bucket), as a replay
+  ticking at ``t`` does, even when a backlog has already delivered what follows. Nothing ahead of the watermark is lost, however far ahead it is, up to
   ``max_early_rows`` buffered rows; past that the rows are dropped and counted in
   ``early_dropped``.
 - A row is *late* when its whole fine bucket ends at or before ``watermark - lateness_s``: its events
@@ -165,7 +167,7 @@ class RollingStore:
         self.late_dropped: int = 0  # events dropped as later than lateness_s (provider rows)
         self.early_events: int = 0  # events that arrived ahead of the watermark and waited
         self.early_dropped: int = 0  # events dropped because the early buffer was full
-        #: rows ahead of the newest fine bucket: (scope names, bucket starts, counts) chunks
+        #: rows that start at or after the watermark: (scope names, bucket starts, counts) chunks
         self._early: list[tuple[list[str], NDArray[np.int64], NDArray[np.int64]]] = []
         self._early_rows = 0
         #: set when held rows were counted by advance_to (the detectors must run again)
@@ -273,9 +275,8 @@ class RollingStore:
     def _merge_early(self) -> None:
         """Count the held rows whose bucket the clock has reached."""
         keep: list[tuple[list[str], NDArray[np.int64], NDArray[np.int64]]] = []
-        fine_s = self.config.fine_s
         for names, starts, counts in self._early:
-            ready = starts // fine_s <= self.fine_head
+            ready = starts < self.watermark
             if ready.all():
                 self._apply(names, starts, counts)
             elif ready.any():
@@ -318,8 +319,8 @@ class RollingStore:
     def add(self, deltas: Deltas) -> NDArray[np.intp]:
         """Add one tick of counts; returns the local-scope -> row map of ``deltas.scopes``.
 
-        Never moves the clock (see the module docstring): rows ahead of the newest fine bucket
-        wait in the early buffer, rows whose bucket ended before ``watermark - lateness_s`` are
+        Never moves the clock (see the module docstring): rows that start at or after the
+        watermark wait in the early buffer, rows whose bucket ended before ``watermark - lateness_s`` are
         dropped and counted.
         """
         self.upstream_late_dropped += int(deltas.late_dropped)
@@ -345,7 +346,7 @@ class RollingStore:
         local = np.full(len(deltas.scopes), -1, dtype=np.intp)
         for i in np.unique(idx).tolist():
             local[i] = self.row(deltas.scopes[i])
-        early = starts // cfg.fine_s > self.fine_head
+        early = starts >= self.watermark if self.fine_head >= 0 else np.ones(starts.size, np.bool_)
         if early.any():
             if prov is None:
                 prov = self._provider_mask(deltas.scopes)

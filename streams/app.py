@@ -139,7 +139,10 @@ class WorkerState:
     seq: dict[int, int] = field(default_factory=dict)
     last_sent_wm: dict[int, float] = field(default_factory=dict)
     seen_seqs: dict[str, set[int]] = field(default_factory=dict)
-    source_wm: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: (source, rollup partition) -> (watermark, monotonic time it was heard). Per rollup
+    #: partition: a source's deltas of one flush go to several partitions, consumed
+    #: independently, and only a partition's own stream says which of them were added already
+    source_wm: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
     ticks: int = 0
     rollup_partitions: int = 0
@@ -171,7 +174,8 @@ class WorkerState:
         return True
 
     def watermark(self) -> float:
-        """Event-time watermark of the rolling state: the slowest active source."""
+        """Event-time watermark of the rolling state: the slowest active (source, rollup
+        partition): every delta up to it has been added on every partition this worker owns."""
         now = time.monotonic()
         active = [
             wm for wm, seen in self.source_wm.values() if now - seen <= self.settings.source_idle_s
@@ -293,7 +297,9 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
 
     @app.agent(rollup_topic, name="repmon.rollup")
     async def rollup(stream: faust.StreamT[bytes]) -> None:
-        async for value in stream:
+        async for event in stream.events():
+            value = event.value
+            owner = event.message.partition
             try:
                 d, src, seq = decode_deltas(bytes(value))
             except (msgspec.DecodeError, ValueError) as exc:
@@ -303,7 +309,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             if not state.remember(src, seq):
                 m.rollup_duplicates.inc()
                 continue
-            state.source_wm[src] = (d.watermark, time.monotonic())
+            state.source_wm[(src, owner)] = (d.watermark, time.monotonic())
             if len(d):
                 state.monitor.add(d)
             m.rollup_messages.inc()
