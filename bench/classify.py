@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from models.classifier import Classifier, normalize_reply  # noqa: E402
+from models.classify.classifier import Classifier, normalize_reply  # noqa: E402
 
 TARGET_REPEATED = 500_000
 TARGET_UNIQUE = 20_000

@@ -25,10 +25,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.baselines import BaselineAlarm, CountTriggers, StaticThreshold
-from models.monitor import Monitor, MonitorConfig
-from models.pipeline import Pipeline
-from models.simulation import SimConfig, Simulator
+from models.detect.baselines import BaselineAlarm, CountTriggers, StaticThreshold
+from models.detect.monitor import Monitor, MonitorConfig
+from models.ingest.pipeline import Pipeline
+from models.sim.simulator import SimConfig, Simulator
 
 HOUR = 3600.0
 GRACE_S = 1800.0

@@ -20,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from models.deltas import Deltas
-from models.monitor import Monitor, MonitorConfig
-from models.rolling import RollingConfig
+from models.detect.monitor import Monitor, MonitorConfig
 from models.schema import COL, N_COLUMNS, SCOPE_KINDS
+from models.state.deltas import Deltas
+from models.state.rolling import RollingConfig
 
 BUDGET = 2048
 T0 = 1_795_420_800

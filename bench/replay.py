@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import orjson
 
-from models.deltas import Deltas
-from models.monitor import Monitor
-from models.simulation import SimConfig, Simulator
-from streams.decoding import ingest_pipeline
-from streams.replay_cmd import TickLoop, replay_lines, replay_parallel
+from models.detect.monitor import Monitor
+from models.sim.simulator import SimConfig, Simulator
+from models.state.deltas import Deltas
+from streams.cli.replay import TickLoop, replay_lines, replay_parallel
+from streams.worker.decoding import ingest_pipeline
 
 TARGET = 100_000.0
 

@@ -36,7 +36,7 @@ def fill_topic(bootstrap: str, topic: str, partitions: int, n: int, seed: int) -
     from kafka import KafkaAdminClient, KafkaProducer
     from kafka.admin import NewTopic
 
-    from models.simulation import SimConfig, Simulator
+    from models.sim.simulator import SimConfig, Simulator
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     admin.create_topics([NewTopic(topic, partitions, 1)])
@@ -97,7 +97,7 @@ def run_faust_mode(mode: str, bootstrap: str, topic: str, n: int, out: Path) -> 
     """Child process: run a Faust worker in `mode` (bare|repmon) until n events are processed."""
     import faust
 
-    from streams.settings import Settings
+    from streams.worker.settings import Settings
 
     tag = uuid.uuid4().hex[:6]
     marks: dict[str, float] = {}
@@ -125,8 +125,8 @@ def run_faust_mode(mode: str, bootstrap: str, topic: str, n: int, out: Path) -> 
         def processed() -> int:
             return count[0]
     else:
-        from streams.app import create_app
-        from streams.topics import ensure_topics
+        from streams.worker.app import create_app
+        from streams.worker.topics import ensure_topics
 
         settings = Settings(
             kafka_bootstrap=bootstrap,

@@ -25,7 +25,7 @@ def _bootstrap() -> str:
 def kafka_bootstrap() -> str:
     """Address of a live broker. Fails the test when none answers: start it with
     `deploy/kafka/local-kafka start` (./dev test does this for you)."""
-    from streams.topics import wait_for_broker
+    from streams.worker.topics import wait_for_broker
 
     addr = _bootstrap()
     try:
@@ -72,8 +72,8 @@ class WorkerProc:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 90.0) -> None:
-        from streams.settings import Settings
-        from streams.topics import ensure_topics
+        from streams.worker.settings import Settings
+        from streams.worker.topics import ensure_topics
 
         # create the topics first, so the producer and the worker agree on partitions
         ensure_topics(Settings(_env_file=None, **self.settings_kwargs()))

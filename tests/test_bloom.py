@@ -1,4 +1,4 @@
-"""models.bloom.RotatingBloom: no false negatives while remembered, bounded false positives."""
+"""models.state.bloom.RotatingBloom: no false negatives while remembered, bounded false positives."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.bloom import RotatingBloom
+from models.state.bloom import RotatingBloom
 
 
 @settings(max_examples=40, deadline=None)

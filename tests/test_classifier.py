@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.classifier import (
+from models.classify.classifier import (
     DEFAULT_CLASS,
     Classifier,
     RuleError,
@@ -513,7 +513,7 @@ FAST_ATOMS = st.sampled_from(
 @given(st.one_of(st.lists(FAST_ATOMS, max_size=30).map("".join), st.text(max_size=200)))
 def test_guarded_variable_pattern_matches_reference(text: str) -> None:
     """The guard look-ahead and the possessive addr run change no match of _RE_VARIABLE."""
-    from models.classifier import _RE_VARIABLE
+    from models.classify.classifier import _RE_VARIABLE
 
     got = [(m.span(), m.lastgroup) for m in _RE_VARIABLE.finditer(text)]
     assert got == [(m.span(), m.lastgroup) for m in _REF_VARIABLE.finditer(text)]
@@ -522,7 +522,7 @@ def test_guarded_variable_pattern_matches_reference(text: str) -> None:
 @settings(max_examples=400, deadline=None)
 @given(st.one_of(st.lists(FAST_ATOMS, max_size=30).map("".join), st.text("245.1 0x", max_size=40)))
 def test_enhanced_code_pattern_matches_reference(text: str) -> None:
-    from models.classifier import _RE_ENH_IN_TEXT
+    from models.classify.classifier import _RE_ENH_IN_TEXT
 
     for a, b in ((0, 400), (0, len(text)), (0, 7)):
         m1, m2 = _RE_ENH_IN_TEXT.search(text, a, b), _REF_ENH.search(text, a, b)
@@ -568,7 +568,7 @@ def test_indexed_decision_matches_plain_rule_scan(
 
 
 def test_literal_prefix() -> None:
-    from models.classifier import _literal_prefix
+    from models.classify.classifier import _literal_prefix
 
     assert _literal_prefix(r"\bip (?:address )?blocked") == "ip "
     assert _literal_prefix(r"\bmessages? too") == "message"
@@ -694,7 +694,7 @@ def test_case_insensitive_classes_without_ignorecase() -> None:
     """_AZ and the A-F ranges match exactly what [a-z] and [a-f] match with re.IGNORECASE."""
     import sys
 
-    from models.classifier import _AZ
+    from models.classify.classifier import _AZ
 
     every = "".join(map(chr, range(sys.maxunicode + 1)))
     pairs = [(f"[{_AZ}]", "[a-z]"), ("[0-9a-fA-F]", "[0-9a-f]"), ("[a-fA-F]", "[a-f]"),
@@ -747,7 +747,7 @@ def test_packed_keys_match_key_sets(text: str, prov: str | None) -> None:
 
 
 def test_prefix_memo_is_bounded() -> None:
-    from models.classifier import _MEMO_MAX
+    from models.classify.classifier import _MEMO_MAX
 
     plan = Classifier(cache_size=0)._plan(None, None)
     abc = "abcdefghijklmnopqrstuvwxyz0123456789"

@@ -1,4 +1,4 @@
-"""CLI contract of `repmon classify` (streams/classify_cmd.py)."""
+"""CLI contract of `repmon classify` (streams/cli/classify.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
-from streams.classify_cmd import register
+from streams.cli.classify import register
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.baselines import CountTriggers, StaticThreshold
-from models.deltas import Deltas
-from models.detectors import DEFAULT_DETECTORS, DetectorSpec, run_window, shrunk_rate, zscore
-from models.rolling import ROLL_COLUMNS
+from models.detect.baselines import CountTriggers, StaticThreshold
+from models.detect.detectors import DEFAULT_DETECTORS, DetectorSpec, run_window, shrunk_rate, zscore
 from models.schema import COL, INCIDENT_TYPES, N_COLUMNS, SCOPE_KINDS
+from models.state.deltas import Deltas
+from models.state.rolling import ROLL_COLUMNS
 
 SPEC = DetectorSpec(
     "block", kinds=("ip",), num="block", min_den=60, min_num=15, min_ratio=3.0, min_abs=0.05

@@ -9,8 +9,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from models.pipeline import Pipeline
-from models.simulation import SimConfig, Simulator
+from models.ingest.pipeline import Pipeline
+from models.sim.simulator import SimConfig, Simulator
 from tests.test_pipeline import BASE, TableClassifier
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "docs" / "events.schema.json").read_text())

@@ -153,9 +153,9 @@ def wait_for(pred, timeout_s: float, what: str, worker: WorkerProc):  # type: ig
 def replay_opened(evs: list[dict[str, object]]) -> dict[tuple[str, str], float]:
     """``repmon replay``'s loop with its defaults over the same events: first opening per
     (type, scope)."""
-    from models.monitor import Monitor
-    from streams.decoding import ingest_pipeline
-    from streams.replay_cmd import replay_lines
+    from models.detect.monitor import Monitor
+    from streams.cli.replay import replay_lines
+    from streams.worker.decoding import ingest_pipeline
 
     changes: list = []  # type: ignore[type-arg]
     replay_lines((orjson.dumps(e) for e in evs), Monitor(), ingest_pipeline(), changes=changes)
@@ -241,7 +241,7 @@ def test_counts_dlq_and_survival(worker: WorkerProc, kafka_bootstrap: str) -> No
 
 def test_worker_detects_a_simulated_outage(worker: WorkerProc, kafka_bootstrap: str) -> None:
     """Simulator -> Kafka -> worker: the detectors run per tick and publish the incident."""
-    from models.simulation import SimConfig, Simulator
+    from models.sim.simulator import SimConfig, Simulator
 
     worker.start()
     start = time.time() - 4 * 3600

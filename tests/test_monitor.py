@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.deltas import Deltas
-from models.monitor import Monitor, MonitorConfig
+from models.detect.monitor import Monitor, MonitorConfig
 from models.schema import COL, N_COLUMNS
+from models.state.deltas import Deltas
 
 T0 = 1_795_420_800  # 2026-11-23T00:00:00Z, a multiple of 3600
 

@@ -1,4 +1,4 @@
-"""models.pipeline: validation, normalisation, pseudonymisation and per-tick aggregation."""
+"""models.ingest.pipeline: validation, normalisation, pseudonymisation and per-tick aggregation."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.pipeline import (
+from models.ingest.pipeline import (
     KNOWN_FIELDS,
     Pipeline,
     normalise_domain,
@@ -22,7 +22,7 @@ from models.pipeline import (
     recipient_key,
 )
 from models.schema import CLASS_CODE, COL, COLUMNS, EVENT_KINDS, REASON_CODE
-from streams.decoding import CanonicalEvent, typed_loads
+from streams.worker.decoding import CanonicalEvent, typed_loads
 
 BASE = 1_795_305_600.0  # 2026-11-22T00:00:00Z
 
@@ -341,7 +341,7 @@ def test_classify_normalized_equals_classify_on_the_corpus() -> None:
     """The pipeline's single-normalisation path decides exactly like Classifier.classify."""
     from pathlib import Path
 
-    from models.classifier import Classifier, normalize_reply
+    from models.classify.classifier import Classifier, normalize_reply
 
     c1, c2 = Classifier(), Classifier()
     n = 0
@@ -473,7 +473,7 @@ def test_feed_many_equals_feed_one_by_one(
     msgs: list[bytes], batch: int, loads: Any, typed: bool
 ) -> None:
     """Same rejections (index, reason, detail), statistics, watermark and Deltas, with and
-    without the strict typed decoder of streams/decoding.py."""
+    without the strict typed decoder of streams/worker/decoding.py."""
     one = make(loads=loads, clock=lambda: BASE + 7200)
     many = make(
         loads=loads, clock=lambda: BASE + 7200, typed_loads=typed_loads() if typed else None

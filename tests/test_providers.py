@@ -1,10 +1,10 @@
-"""models.providers: provider and MX-operator resolution from the data table."""
+"""models.ingest.providers: provider and MX-operator resolution from the data table."""
 
 from __future__ import annotations
 
 import pytest
 
-from models.providers import OTHER, ProviderResolver, default_table, parse_table
+from models.ingest.providers import OTHER, ProviderResolver, default_table, parse_table
 
 
 @pytest.mark.parametrize(

@@ -15,11 +15,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from models.monitor import Monitor
-from models.pipeline import Pipeline
-from models.simulation import SimConfig, Simulator
-from streams import replay_cmd
-from streams.replay_cmd import replay_lines, replay_parallel, shard_of
+from models.detect.monitor import Monitor
+from models.ingest.pipeline import Pipeline
+from models.sim.simulator import SimConfig, Simulator
+from streams.cli import replay as replay_cmd
+from streams.cli.replay import replay_lines, replay_parallel, shard_of
 
 CONTRACT = {
     "kind",

@@ -7,9 +7,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.deltas import Deltas
-from models.rolling import COARSE_IDX, N_ROLL, REDUCE, ROLL_COLUMNS, RollingConfig, RollingStore
 from models.schema import COL, N_COLUMNS
+from models.state.deltas import Deltas
+from models.state.rolling import (
+    COARSE_IDX,
+    N_ROLL,
+    REDUCE,
+    ROLL_COLUMNS,
+    RollingConfig,
+    RollingStore,
+)
 
 T0 = 1_795_420_800  # a multiple of 3600
 

@@ -1,4 +1,4 @@
-"""streams.app rollup helpers: wire format and ownership split keep totals exact."""
+"""streams.worker.app rollup helpers: wire format and ownership split keep totals exact."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.deltas import Deltas
 from models.schema import N_COLUMNS
-from streams.app import decode_deltas, encode_deltas, owner_partition, split_by_owner
+from models.state.deltas import Deltas
+from streams.worker.app import decode_deltas, encode_deltas, owner_partition, split_by_owner
 
 SCOPES = [f"{k}:{v}" for k in ("domain", "provider", "ip") for v in ("a", "b", "c", "d")]
 

@@ -12,8 +12,8 @@ import pytest
 from kafka import KafkaConsumer
 from typer.testing import CliRunner
 
-from streams.cli import app
-from streams.simulate_cmd import parse_duration
+from streams.cli.main import app
+from streams.cli.simulate import parse_duration
 
 runner = CliRunner()
 ARGS = [

@@ -1,4 +1,4 @@
-"""Tests of the traffic simulator (models/simulation.py, docs/simulator.md)."""
+"""Tests of the traffic simulator (models/sim/simulator.py, docs/simulator.md)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models.providers import ProviderResolver
+from models.ingest.providers import ProviderResolver
 from models.schema import EVENT_KINDS, INCIDENT_TYPES, SCOPE_KINDS
-from models.simulation import (
+from models.sim.simulator import (
     DEFAULT_START,
     SCENARIOS,
     SimConfig,

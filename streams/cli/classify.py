@@ -20,8 +20,8 @@ from typing import Annotated, Any, BinaryIO
 import orjson
 import typer
 
-from models.classifier import Classifier, RuleError, normalize_reply, parse_codes
-from models.providers import ProviderResolver
+from models.classify.classifier import Classifier, RuleError, normalize_reply, parse_codes
+from models.ingest.providers import ProviderResolver
 
 MAX_LINE = 8192 + 1024
 MAX_RESPONSE = 8192

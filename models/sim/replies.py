@@ -1,4 +1,4 @@
-"""SMTP reply catalogue of the traffic simulator (models/simulation.py).
+"""SMTP reply catalogue of the traffic simulator (models/sim/simulator.py).
 
 Each reply is what a receiving MX (or the sending MTA itself, for timeouts, DNS failures and
 expiry) answers, with the basic code and the RFC 3463 enhanced code the event carries. Texts follow

@@ -13,7 +13,7 @@ from typing import IO, Any
 import orjson
 import typer
 
-from streams.settings import Settings
+from streams.worker.settings import Settings
 
 _DUR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 
@@ -92,7 +92,7 @@ def register(app: typer.Typer) -> None:
         list_scenarios: bool = typer.Option(False, "--list", help="list the scenarios and exit"),
     ) -> None:
         """Produce realistic mail events: consumer providers, B2B domains, named scenarios."""
-        from models.simulation import SCENARIOS, SimConfig, Simulator
+        from models.sim.simulator import SCENARIOS, SimConfig, Simulator
 
         if list_scenarios:
             for name in SCENARIOS:
@@ -139,7 +139,7 @@ def register(app: typer.Typer) -> None:
         else:
             from kafka import KafkaProducer
 
-            from streams.topics import ensure_topics
+            from streams.worker.topics import ensure_topics
 
             settings = Settings()
             if bootstrap:

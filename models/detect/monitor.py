@@ -8,9 +8,9 @@ Used per tick by the Faust worker and by ``repmon replay``::
         emit(change.to_json())                # {"kind": "incident", "action": "opened", ...}
     mon.status()                              # /status; mon.metrics() for Prometheus
 
-Baselines: each scope's rate baseline is its EWMA (``models.rolling``) shrunk toward its
+Baselines: each scope's rate baseline is its EWMA (``models.state.rolling``) shrunk toward its
 parent's baseline with ``prior_strength`` pseudo-attempts; the parent of ``domain:d`` is the
-provider of ``d`` (``models/data/providers.toml`` domain table), the parent of ``mx:x`` is
+provider of ``d`` (``models/ingest/data/providers.toml`` domain table), the parent of ``mx:x`` is
 ``provider:x`` when that scope exists, and everything else (and parents themselves) shrink toward
 the global baseline (all ``provider:`` scopes together), itself shrunk toward the detector's
 ``prior``.
@@ -34,10 +34,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from models.deltas import Deltas
-from models.detectors import DEFAULT_DETECTORS, DetectorSpec, run_window, shrunk_rate
-from models.incidents import Incident, IncidentChange, incident_id
-from models.rolling import (
+from models.detect.detectors import DEFAULT_DETECTORS, DetectorSpec, run_window, shrunk_rate
+from models.detect.incidents import Incident, IncidentChange, incident_id
+from models.schema import INCIDENT_TYPES, SCOPE_KINDS
+from models.state.deltas import Deltas
+from models.state.rolling import (
     COARSE_COLUMNS,
     N_ROLL,
     ROLL_COLUMNS,
@@ -46,7 +47,6 @@ from models.rolling import (
     RollingStore,
     scope_kind,
 )
-from models.schema import INCIDENT_TYPES, SCOPE_KINDS
 
 F64 = NDArray[np.float64]
 _KIND_CODE = {k: i for i, k in enumerate(SCOPE_KINDS)}
@@ -76,7 +76,7 @@ class MonitorConfig:
 def _parent_scope(scope: str) -> str | None:
     kind, _, value = scope.partition(":")
     if kind == "domain":
-        from models.providers import default_table
+        from models.ingest.providers import default_table
 
         prov = default_table().domain_provider.get(value)
         return f"provider:{prov}" if prov else None

@@ -9,7 +9,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from streams.settings import Settings
+from streams.worker.settings import Settings
 
 
 def wait_for_broker(bootstrap: str, timeout_s: float = 60.0) -> None:

@@ -3,7 +3,7 @@
 Each detector watches one *signal* (a ROLL_COLUMNS count, e.g. ``block``) over a *denominator*
 (``attempts`` or ``delivered``) in the newest fine buckets of every scope, and compares the rate
 with the scope's own baseline (an EWMA of the buckets older than the fine ring, shrunk toward its
-parent's: the provider of a domain, else all traffic; see ``models/monitor.py``).
+parent's: the provider of a domain, else all traffic; see ``models/detect/monitor.py``).
 
 A window *opens* an incident when all of these hold (docs/incidents.md lists the defaults):
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from models.rolling import R
+from models.state.rolling import R
 
 F64 = NDArray[np.float64]
 B = NDArray[np.bool_]

@@ -37,14 +37,14 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from models.classifier import Classifier
-from models.deltas import Deltas
-from models.monitor import Monitor
-from models.pipeline import Pipeline, Rejection
+from models.classify.classifier import Classifier
+from models.detect.monitor import Monitor
+from models.ingest.pipeline import Pipeline, Rejection
 from models.schema import N_COLUMNS
-from streams.decoding import ingest_pipeline
-from streams.metrics import Metrics
-from streams.settings import Settings
+from models.state.deltas import Deltas
+from streams.worker.decoding import ingest_pipeline
+from streams.worker.metrics import Metrics
+from streams.worker.settings import Settings
 
 log = logging.getLogger("repmon.worker")
 

@@ -23,8 +23,8 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from models.providers import ProviderResolver
-from models.sim_replies import DEFERRED, OK_TEXTS, REPLIES, R
+from models.ingest.providers import ProviderResolver
+from models.sim.replies import DEFERRED, OK_TEXTS, REPLIES, R
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]

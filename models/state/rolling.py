@@ -51,8 +51,8 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from models.deltas import Deltas
 from models.schema import COL, COLUMNS, EVENT_KINDS, N_COLUMNS, SCOPE_KINDS
+from models.state.deltas import Deltas
 
 #: Columns kept in the fine ring and the baseline (derived from ``models.schema.COLUMNS``).
 ROLL_COLUMNS: Final[tuple[str, ...]] = (

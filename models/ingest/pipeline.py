@@ -27,9 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from models.bloom import RotatingBloom
-from models.deltas import Deltas
-from models.providers import ProviderResolver
+from models.ingest.providers import ProviderResolver
 from models.schema import (
     CLASS_COLUMN_OFFSET,
     COL,
@@ -40,6 +38,8 @@ from models.schema import (
     REASON_CODE,
     SCOPE_KINDS,
 )
+from models.state.bloom import RotatingBloom
+from models.state.deltas import Deltas
 
 MAX_EVENT_BYTES = 1 << 20
 #: rows per chunk of Pipeline.feed_many
@@ -204,7 +204,7 @@ def parse_timestamp(value: object) -> float:
 
 
 def _default_classifier() -> ClassifierLike:
-    from models.classifier import Classifier
+    from models.classify.classifier import Classifier
 
     c: ClassifierLike = Classifier()
     return c
@@ -228,7 +228,7 @@ class Pipeline:
     ) -> None:
         self.classifier = classifier if classifier is not None else _default_classifier()
         if normalize is None:
-            from models.classifier import normalize_reply
+            from models.classify.classifier import normalize_reply
 
             normalize = normalize_reply
         self._normalize = normalize

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from models.deltas import Deltas
-from models.pipeline import REJECTION_REASONS, Pipeline
-from models.providers import OTHER, default_table
+from models.ingest.pipeline import REJECTION_REASONS, Pipeline
+from models.ingest.providers import OTHER, default_table
 from models.schema import COL, EVENT_KINDS
+from models.state.deltas import Deltas
 
 #: outcome columns exported per provider
 PROVIDER_OUTCOMES = (

@@ -31,9 +31,9 @@ from typing import Any, Final
 
 import numpy as np
 
-from models.deltas import Deltas
-from models.providers import ProviderResolver
-from models.rolling import R, RollingConfig, RollingStore
+from models.ingest.providers import ProviderResolver
+from models.state.deltas import Deltas
+from models.state.rolling import R, RollingConfig, RollingStore
 
 
 @dataclass(frozen=True, slots=True)

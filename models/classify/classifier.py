@@ -1,11 +1,11 @@
 """SMTP bounce and deferral classifier (docs/classification.md).
 
 Input: a basic reply code (optional), an enhanced status code (optional), the reply text, and
-optionally the mailbox provider / MX operator (models/providers.py). Output: a
+optionally the mailbox provider / MX operator (models/ingest/providers.py). Output: a
 :class:`Classification` with a sisimai-vocabulary ``reason``, a coarse ``class`` chosen for the
 action the sender should take, and the id of the rule that decided.
 
-Rules are data (``models/rules/*.toml`` plus user files that take precedence). Precedence:
+Rules are data (``models/classify/rules/*.toml`` plus user files that take precedence). Precedence:
 
 1. user text rules scoped to the given provider/operator, then the other user text rules;
 2. default text rules scoped to the given provider/operator;
@@ -701,11 +701,13 @@ def load_rule_file(path: Path | str, *, user: bool = False, text: str | None = N
 @lru_cache(maxsize=1)
 def _default_files() -> tuple[RuleFile, ...]:
     """The shipped rule files, parsed and compiled once per process (nothing mutates them)."""
-    pkg = resources.files("models.rules")
+    pkg = resources.files("models.classify.rules")
     out = []
     for entry in sorted(pkg.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".toml"):
-            out.append(load_rule_file(f"models/rules/{entry.name}", text=entry.read_text("utf-8")))
+            out.append(
+                load_rule_file(f"models/classify/rules/{entry.name}", text=entry.read_text("utf-8"))
+            )
     return tuple(out)
 
 

@@ -1,4 +1,4 @@
-"""Mailbox provider and MX operator lookup from ``models/data/providers.toml``.
+"""Mailbox provider and MX operator lookup from ``models/ingest/data/providers.toml``.
 
 ``provider`` answers "whose rate limits and reputation system decide this delivery?" (Google for
 gmail.com and for any domain whose MX is at google.com). ``operator`` answers "who runs the MX of
@@ -71,8 +71,8 @@ def parse_table(data: dict[str, Any], source: str = "<providers>") -> ProviderTa
 
 @lru_cache(maxsize=1)
 def default_table() -> ProviderTable:
-    text = resources.files("models").joinpath("data/providers.toml").read_text("utf-8")
-    return parse_table(tomllib.loads(text), "models/data/providers.toml")
+    text = resources.files("models.ingest").joinpath("data/providers.toml").read_text("utf-8")
+    return parse_table(tomllib.loads(text), "models/ingest/data/providers.toml")
 
 
 def load_table(path: Path) -> ProviderTable:

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from models.pipeline import Pipeline
+from models.ingest.pipeline import Pipeline
 
 
 class CanonicalEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):

@@ -36,13 +36,13 @@ import numpy as np
 import orjson
 import typer
 
-from models.deltas import Deltas
-from models.incidents import IncidentChange
-from models.monitor import Monitor, MonitorConfig
-from models.pipeline import BATCH_ROWS, Pipeline, parse_timestamp
-from models.rolling import RollingConfig
+from models.detect.incidents import IncidentChange
+from models.detect.monitor import Monitor, MonitorConfig
+from models.ingest.pipeline import BATCH_ROWS, Pipeline, parse_timestamp
 from models.schema import COL
-from streams.decoding import ingest_pipeline
+from models.state.deltas import Deltas
+from models.state.rolling import RollingConfig
+from streams.worker.decoding import ingest_pipeline
 
 _PROGRESS_EVERY = 65536
 

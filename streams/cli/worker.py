@@ -7,14 +7,14 @@ import sys
 
 import typer
 
-from streams.settings import Settings
+from streams.worker.settings import Settings
 
 
 def run_worker(settings: Settings) -> None:
     import faust
 
-    from streams.app import create_app
-    from streams.topics import ensure_topics
+    from streams.worker.app import create_app
+    from streams.worker.topics import ensure_topics
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     ensure_topics(settings)

@@ -19,11 +19,11 @@ app = typer.Typer(
 
 #: Modules that add verbs to the app, in help order.
 VERB_MODULES = (
-    "streams.run_cmd",  # repmon run: local broker + worker + simulator + live summary
-    "streams.worker_cmd",  # repmon worker
-    "streams.simulate_cmd",  # repmon simulate
-    "streams.classify_cmd",  # repmon classify
-    "streams.replay_cmd",  # repmon replay
+    "streams.cli.run",  # repmon run: local broker + worker + simulator + live summary
+    "streams.cli.worker",  # repmon worker
+    "streams.cli.simulate",  # repmon simulate
+    "streams.cli.classify",  # repmon classify
+    "streams.cli.replay",  # repmon replay
 )
 
 for _name in VERB_MODULES:

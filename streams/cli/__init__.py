@@ -1,0 +1,1 @@
+"""cli: the ``repmon`` console script; ``main.py`` assembles one module per verb."""
