@@ -326,9 +326,12 @@ def replay_parallel(
         p.start()
     reported = [-math.inf] * jobs
     live = set(range(jobs))
-    buffered: dict[float, list[Any]] = {}
+    #: per tick boundary: (shard, Deltas), added in shard order so that the output does not
+    #: depend on which process reached the queue first (ties in the evidence replies did)
+    buffered: dict[float, list[tuple[int, Any]]] = {}
 
-    def run_tick(deltas: list[Any]) -> None:
+    def run_tick(tagged: list[tuple[int, Any]]) -> None:
+        deltas = [d for _, d in sorted(tagged, key=lambda sd: sd[0])]
         for d in deltas:
             monitor.add(d)
             if timeline is not None:
@@ -348,7 +351,7 @@ def replay_parallel(
         else:
             _, shard, boundary, d = msg
             reported[shard] = boundary
-            buffered.setdefault(boundary, []).append(d)
+            buffered.setdefault(boundary, []).append((shard, d))
         ready = min(reported)
         for b in sorted(k for k in buffered if k <= ready):
             run_tick(buffered.pop(b))
