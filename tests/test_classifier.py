@@ -14,15 +14,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.classify.classifier import (
+from models.classify.classifier import Classifier
+from models.classify.normalize import normalize_reply, parse_codes
+from models.classify.rulefile import (
     DEFAULT_CLASS,
-    Classifier,
     RuleError,
     _anchors_of,
     _text_keys,
     load_rule_file,
-    normalize_reply,
-    parse_codes,
 )
 from models.schema import CLASS_CODE, CLASSES, REASON_CODE, REASONS
 
@@ -513,7 +512,7 @@ FAST_ATOMS = st.sampled_from(
 @given(st.one_of(st.lists(FAST_ATOMS, max_size=30).map("".join), st.text(max_size=200)))
 def test_guarded_variable_pattern_matches_reference(text: str) -> None:
     """The guard look-ahead and the possessive addr run change no match of _RE_VARIABLE."""
-    from models.classify.classifier import _RE_VARIABLE
+    from models.classify.normalize import _RE_VARIABLE
 
     got = [(m.span(), m.lastgroup) for m in _RE_VARIABLE.finditer(text)]
     assert got == [(m.span(), m.lastgroup) for m in _REF_VARIABLE.finditer(text)]
@@ -522,7 +521,7 @@ def test_guarded_variable_pattern_matches_reference(text: str) -> None:
 @settings(max_examples=400, deadline=None)
 @given(st.one_of(st.lists(FAST_ATOMS, max_size=30).map("".join), st.text("245.1 0x", max_size=40)))
 def test_enhanced_code_pattern_matches_reference(text: str) -> None:
-    from models.classify.classifier import _RE_ENH_IN_TEXT
+    from models.classify.normalize import _RE_ENH_IN_TEXT
 
     for a, b in ((0, 400), (0, len(text)), (0, 7)):
         m1, m2 = _RE_ENH_IN_TEXT.search(text, a, b), _REF_ENH.search(text, a, b)
@@ -694,7 +693,7 @@ def test_case_insensitive_classes_without_ignorecase() -> None:
     """_AZ and the A-F ranges match exactly what [a-z] and [a-f] match with re.IGNORECASE."""
     import sys
 
-    from models.classify.classifier import _AZ
+    from models.classify.normalize import _AZ
 
     every = "".join(map(chr, range(sys.maxunicode + 1)))
     pairs = [(f"[{_AZ}]", "[a-z]"), ("[0-9a-fA-F]", "[0-9a-f]"), ("[a-fA-F]", "[a-f]"),
