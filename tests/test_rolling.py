@@ -266,3 +266,44 @@ def test_every_event_within_the_lateness_is_counted(late_by: int, counted: bool)
     assert (st_.late_dropped == 0) is counted
     st_.advance_to(wm + 60)  # an event at the watermark itself waits for the clock to pass it
     assert int(st_.window_totals("provider:p", 3600)[0]) == (2 if counted else 1)
+
+
+@pytest.mark.parametrize(
+    ("late_h", "in_own_hour"),
+    [
+        (3, True),  # an FBL report 3 h after the message, stamped with the send time
+        (47, True),  # its hour is still in the 48 h coarse ring
+        (60, False),  # counted in the current hour: the send hour has left the coarse ring
+    ],
+)
+def test_late_complaints_are_counted_now_and_in_their_hour(late_h: int, in_own_hour: bool) -> None:
+    st_ = RollingStore()
+    now = T0 + 3 * 86400 + 1800
+    feed(st_, make_deltas([("provider:yahoo", now - 60, {"delivered": 100})], watermark=now))
+    sent = now - late_h * 3600
+    late = make_deltas(
+        [
+            ("provider:yahoo", (sent // 60) * 60, {"complained": 2, "delivered": 5}),
+            ("campaign:c", (sent // 60) * 60, {"complained": 2, "delivered": 5}),
+        ],
+        watermark=now,
+    )
+    feed(st_, late)
+    assert st_.late_complaints == 2  # counted once per event (provider rows)
+    assert st_.late_dropped == 5  # the late deliveries are dropped as before
+    for scope in ("provider:yahoo", "campaign:c"):
+        # the fine ring (the detector) sees them in the current bucket
+        assert st_.window_totals(scope, 300)[ROLL_COLUMNS.index("complained")] == 2
+        r = np.array([st_.rows[scope]])
+        col = COARSE_IDX.tolist().index(ROLL_COLUMNS.index("complained"))
+        cur_hour = st_.coarse_sum(1, r)[0, col]
+        assert cur_hour == (0 if in_own_hour else 2)
+        assert st_.coarse_sum(48, r)[0, col] == 2
+
+
+def test_complaints_beyond_their_lateness_are_dropped_and_counted() -> None:
+    st_ = RollingStore(RollingConfig(complaint_lateness_s=6 * 3600))
+    now = T0 + 86400
+    feed(st_, make_deltas([("provider:yahoo", now - 60, {"delivered": 1})], watermark=now))
+    feed(st_, make_deltas([("provider:yahoo", now - 7 * 3600, {"complained": 3})], watermark=now))
+    assert st_.late_complaints == 0 and st_.late_dropped == 3

@@ -364,6 +364,7 @@ class Monitor:
             "capacity_rows": st.capacity,
             "late_dropped": st.late_dropped,
             "late_rows_dropped": st.late_rows_dropped,
+            "late_complaints": st.late_complaints,
             "early_events": st.early_events,
             "early_dropped": st.early_dropped,
             "early_rows_held": st.early_rows,

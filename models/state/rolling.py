@@ -34,6 +34,14 @@ so one partition (or one event) far ahead cannot make the others' events late.
   exactly one provider scope). Every event within the lateness of the watermark is therefore
   counted in its own bucket, whatever the bucket boundaries (``lateness_s`` is validated to fit
   in the fine ring).
+- Complaints are the exception: feedback-loop reports arrive hours after the message and are
+  often stamped with its original send time. A late row's complaints (up to
+  ``complaint_lateness_s``, default 72 h) are counted, not dropped: in the fine ring in the
+  *current* bucket (when they became known: the complaint detector sees them now, against the
+  smoothed deliveries of the last hours), and in the coarse ring in the hour they are stamped with
+  (the 24 h rate by send time, as the providers' postmaster tools report it) or, when that hour
+  has left the coarse ring, in the current hour. ``late_complaints`` counts them; the rest of the
+  row is dropped as above.
 
 Scopes that saw no event for ``idle_evict_s`` are evicted (``evicted`` counts them).
 
@@ -85,6 +93,9 @@ COARSE_COLUMNS: Final[tuple[str, ...]] = (
 COARSE_IDX: Final[NDArray[np.intp]] = np.array([R[c] for c in COARSE_COLUMNS], dtype=np.intp)
 N_COARSE: Final[int] = len(COARSE_COLUMNS)
 
+_COMPLAINED: Final[int] = COL["complained"]
+_COARSE_COMPLAINED: Final[int] = COARSE_COLUMNS.index("complained")
+
 #: Event-kind columns of COLUMNS: their sum is the number of events in a delta row.
 _EVENT_COLS: Final[NDArray[np.intp]] = np.arange(len(EVENT_KINDS), dtype=np.intp)
 
@@ -132,6 +143,8 @@ class RollingConfig:
     baseline_half_life_s: float = 12 * 3600.0  #: half-life of the EWMA baseline
     initial_capacity: int = 256  #: rows allocated up front (grown by doubling)
     max_early_rows: int = 2_000_000  #: delta rows held ahead of the watermark at most
+    #: complaints later than lateness_s but at most this late are still counted (see above)
+    complaint_lateness_s: float = 72 * 3600.0
 
     def validate(self) -> None:
         if self.fine_s <= 0 or self.coarse_s <= 0 or self.n_fine < 2 or self.n_coarse < 2:
@@ -173,6 +186,7 @@ class RollingStore:
         #: set when held rows were counted by advance_to (the detectors must run again)
         self.merged_early = False
         self.late_rows_dropped: int = 0  # delta rows (scope x bucket) dropped as late
+        self.late_complaints: int = 0  # complaints counted although later than lateness_s
         self.upstream_late_dropped: int = 0  # late drops reported by the producer (Deltas)
         self.evicted: int = 0
         self.added_events: int = 0
@@ -336,7 +350,16 @@ class RollingStore:
             late = (starts // cfg.fine_s + 1) * cfg.fine_s <= self.watermark - cfg.lateness_s
             if late.any():
                 prov = self._provider_mask(deltas.scopes)
+                complaints = counts[:, _COMPLAINED]
+                rescue = late & (complaints > 0)
+                rescue &= starts >= self.watermark - cfg.complaint_lateness_s
                 self.late_dropped += self._events(counts[late & prov[idx]])
+                if rescue.any():
+                    self.late_dropped -= int(complaints[rescue & prov[idx]].sum())
+                    self.late_complaints += int(complaints[rescue & prov[idx]].sum())
+                    self._add_late_complaints(
+                        deltas.scopes, idx[rescue], starts[rescue], complaints[rescue]
+                    )
                 self.late_rows_dropped += int(late.sum())
                 ok = ~late
                 starts, counts, idx = starts[ok], counts[ok], idx[ok]
@@ -365,6 +388,28 @@ class RollingStore:
         if starts.size:
             self._apply_rows(local[idx], starts, counts)
         return local
+
+    def _add_late_complaints(
+        self,
+        scopes: list[str],
+        idx: NDArray[np.intp],
+        starts: NDArray[np.int64],
+        n: NDArray[np.int64],
+    ) -> None:
+        """Complaints later than the lateness: fine ring now, coarse ring in their own hour."""
+        cfg = self.config
+        local = np.full(len(scopes), -1, dtype=np.intp)
+        for i in np.unique(idx).tolist():
+            local[i] = self.row(scopes[i])
+        rows = local[idx]
+        vals = n.astype(np.uint32)
+        col = np.full(rows.size, R["complained"], dtype=np.intp)
+        slot = np.full(rows.size, self.fine_head % cfg.n_fine, dtype=np.intp)
+        np.add.at(self.fine, (rows, slot, col), vals)
+        cb = starts // cfg.coarse_s
+        cb = np.where(cb > self.coarse_head - cfg.n_coarse, cb, self.coarse_head)
+        np.add.at(self.coarse, (rows, cb % cfg.n_coarse, col * 0 + _COARSE_COMPLAINED), vals)
+        np.maximum.at(self.last_seen, rows, self.fine_head)
 
     @staticmethod
     def _named(idx: NDArray[np.intp], counts: NDArray[np.int64]) -> NDArray[np.int64]:

@@ -135,6 +135,12 @@ class Metrics:
             "Events dropped for arriving after the lateness.",
             registry=r,
         )
+        self.late_complaints = Gauge(
+            "repmon_late_complaints",
+            "Complaints later than the lateness (feedback loops stamp the send time) that were "
+            "counted in the current bucket instead of dropped.",
+            registry=r,
+        )
         self.early_events = Gauge(
             "repmon_early_events",
             "Events that arrived ahead of the event-time watermark and were held until it reached "
@@ -149,6 +155,7 @@ class Metrics:
         self.early_rows_held = Gauge(
             "repmon_early_rows_held", "Delta rows held ahead of the watermark now.", registry=r
         )
+        self._seen_pipe: dict[int, Pipeline] = {}
         self._seen_kind: dict[int, list[int]] = {}
         self._seen_rej: dict[int, dict[str, int]] = {}
         self._seen_unknown: dict[int, int] = {}
@@ -162,6 +169,13 @@ class Metrics:
 
     def observe_pipeline(self, partition: int, pipe: Pipeline, d: Deltas) -> None:
         st = pipe.stats
+        if self._seen_pipe.get(partition) is not pipe:
+            # a partition revoked and assigned again gets a fresh Pipeline whose statistics
+            # start at zero: count from there (it crashed on negative increments before)
+            self._seen_pipe[partition] = pipe
+            self._seen_kind.pop(partition, None)
+            self._seen_rej.pop(partition, None)
+            self._seen_unknown.pop(partition, None)
         seen = self._seen_kind.setdefault(partition, [0] * len(EVENT_KINDS))
         for i, k in enumerate(EVENT_KINDS):
             diff = st.by_kind[i] - seen[i]
@@ -195,6 +209,7 @@ class Metrics:
         mm = monitor.metrics()
         self.active_scopes.set(mm.get("active_scopes", 0))
         self.late_dropped.set(mm.get("late_dropped", 0))
+        self.late_complaints.set(mm.get("late_complaints", 0))
         self.early_events.set(mm.get("early_events", 0))
         self.early_dropped.set(mm.get("early_dropped", 0))
         self.early_rows_held.set(mm.get("early_rows_held", 0))
