@@ -323,3 +323,33 @@ def test_late_rows_show_in_metrics() -> None:
     assert 0 < n_events < int(late.counts[:, :9].sum())
     mon.add(late)
     assert mon.metrics()["late_dropped"] == n_events
+
+
+def test_advance_through_detects_a_jump_step_by_step() -> None:
+    """A backlog added before the clock starts (or one jump of the watermark) is detected at the
+    event time a replay ticking every step would see, not once at the end of the jump."""
+    onset = ONSET
+
+    def mutate(m: int, streams: list[Stream]) -> None:
+        if m == onset:
+            for s in streams:
+                if "provider:microsoft" in s.scopes:
+                    s.probs["transient"] = 0.6
+
+    _ticked, changes = run(default_streams(), minutes=onset + 30, mutate=mutate)
+    want = opened(changes)
+    assert want and want[0][0] == "provider_outage"
+    # the same minutes added all at once, then one advance_through to the end
+    rng = np.random.default_rng(7)
+    streams = default_streams()
+    mon = Monitor()
+    last = 0.0
+    for m in range(onset + 30):
+        mutate(m, streams)
+        d = minute_deltas(streams, m, rng)
+        mon.add(d)
+        last = d.watermark
+    got = [c.to_json() for c in mon.advance_through(last, 60.0)]
+    first = next((c["type"], c["scope"], c["opened_at"]) for c in got if c["action"] == "opened")
+    assert first[:2] == want[0][:2]
+    assert abs(float(first[2]) - float(want[0][2])) <= 60.0

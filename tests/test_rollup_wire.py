@@ -8,7 +8,13 @@ from hypothesis import strategies as st
 
 from models.schema import N_COLUMNS
 from models.state.deltas import Deltas
-from streams.worker.app import decode_deltas, encode_deltas, owner_partition, split_by_owner
+from streams.worker.app import (
+    decode_deltas,
+    decode_message,
+    encode_deltas,
+    owner_partition,
+    split_by_owner,
+)
 
 SCOPES = [f"{k}:{v}" for k in ("domain", "provider", "ip") for v in ("a", "b", "c", "d")]
 
@@ -30,6 +36,8 @@ def deltas(draw: st.DrawFn) -> Deltas:
 @given(deltas())
 def test_roundtrip(d: Deltas) -> None:
     back, src, seq = decode_deltas(encode_deltas(d, "w1/3", 42))
+    _, env = decode_message(encode_deltas(d, "w1/3", 42, part=3, idle=True))
+    assert (env.part, env.idle) == (3, True)
     assert (src, seq) == ("w1/3", 42)
     assert back.scopes == d.scopes and back.replies == d.replies
     assert back.watermark == d.watermark

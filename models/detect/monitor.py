@@ -129,7 +129,9 @@ class Monitor:
         that catches up) is detected at the event times a replay with ``--tick step_s`` uses,
         not once at the end of the jump."""
         out: list[IncidentChange] = []
-        t = self.store.watermark
+        # the clock has not started yet: step from the first event time seen (a backlog read
+        # before the first advance is detected step by step, not once at its end)
+        t = self.store.watermark if self.store.fine_head >= 0 else (self._first_t or 0.0)
         if t > 0 and step_s > 0:
             b = (math.floor(t / step_s) + 1) * step_s
             while b < watermark:

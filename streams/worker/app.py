@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import math
 import os
 import socket
 import time
@@ -42,6 +43,7 @@ from models.detect.monitor import Monitor
 from models.ingest.pipeline import Pipeline, Rejection
 from models.schema import N_COLUMNS
 from models.state.deltas import Deltas
+from models.state.watermark import WatermarkTracker
 from streams.worker.decoding import ingest_pipeline
 from streams.worker.metrics import Metrics
 from streams.worker.settings import Settings
@@ -61,13 +63,17 @@ class DeltaMessage(msgspec.Struct, array_like=True):
     counts: bytes  # int64, (n, ncol)
     ncol: int
     replies: list[tuple[int, str, int]]
+    #: the input partition whose events these are, and whether its reader is idle (caught up and
+    #: quiet: it does not hold the owners' watermark back); defaults keep older messages readable
+    part: int = -1
+    idle: bool = False
 
 
 _delta_encoder = msgspec.msgpack.Encoder()
 _delta_decoder = msgspec.msgpack.Decoder(DeltaMessage)
 
 
-def encode_deltas(d: Deltas, src: str, seq: int) -> bytes:
+def encode_deltas(d: Deltas, src: str, seq: int, part: int = -1, idle: bool = False) -> bytes:
     return _delta_encoder.encode(
         DeltaMessage(
             src=src,
@@ -79,11 +85,19 @@ def encode_deltas(d: Deltas, src: str, seq: int) -> bytes:
             counts=np.ascontiguousarray(d.counts, dtype=np.int64).tobytes(),
             ncol=N_COLUMNS,
             replies=d.replies,
+            part=part,
+            idle=idle,
         )
     )
 
 
 def decode_deltas(raw: bytes) -> tuple[Deltas, str, int]:
+    d, m = decode_message(raw)
+    return d, m.src, m.seq
+
+
+def decode_message(raw: bytes) -> tuple[Deltas, DeltaMessage]:
+    """The Deltas and the message's envelope (source, seq, input partition, idle)."""
     m = _delta_decoder.decode(raw)
     if m.ncol != N_COLUMNS:
         raise ValueError(f"delta with {m.ncol} columns, this worker knows {N_COLUMNS}")
@@ -96,7 +110,7 @@ def decode_deltas(raw: bytes) -> tuple[Deltas, str, int]:
         replies=[(int(a), str(b), int(c)) for a, b, c in m.replies],
         watermark=m.watermark,
     )
-    return d, m.src, m.seq
+    return d, m
 
 
 def owner_partition(scope: str, partitions: int) -> int:
@@ -137,12 +151,12 @@ class WorkerState:
     )
     pipelines: dict[int, Pipeline] = field(default_factory=dict)
     seq: dict[int, int] = field(default_factory=dict)
-    last_sent_wm: dict[int, float] = field(default_factory=dict)
+    last_sent_wm: dict[int, tuple[float, bool]] = field(default_factory=dict)
+    #: monotonic time of the last record fed per input partition (-inf: never)
+    last_fed: dict[int, float] = field(default_factory=dict)
     seen_seqs: dict[str, set[int]] = field(default_factory=dict)
-    #: (source, rollup partition) -> (watermark, monotonic time it was heard). Per rollup
-    #: partition: a source's deltas of one flush go to several partitions, consumed
-    #: independently, and only a partition's own stream says which of them were added already
-    source_wm: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
+    #: the owners' event time: min over live (input partition, rollup partition) reports
+    tracker: WatermarkTracker = field(init=False)
     started: float = field(default_factory=time.time)
     ticks: int = 0
     rollup_partitions: int = 0
@@ -173,16 +187,18 @@ class WorkerState:
             self.seen_seqs[src] = {x for x in seen if x >= cut}
         return True
 
+    def __post_init__(self) -> None:
+        self.tracker = WatermarkTracker(self.settings.source_idle_s)
+
     def watermark(self) -> float:
-        """Event-time watermark of the rolling state: the slowest active (source, rollup
-        partition): every delta up to it has been added on every partition this worker owns."""
-        now = time.monotonic()
-        active = [
-            wm for wm, seen in self.source_wm.values() if now - seen <= self.settings.source_idle_s
-        ]
-        if not active:
-            active = [wm for wm, _ in self.source_wm.values()]
-        return min(active) if active else 0.0
+        """Event-time watermark of the rolling state (models/state/watermark.py): every delta up
+        to it has been added on every rollup partition this worker owns."""
+        return self.tracker.watermark(time.monotonic())
+
+    def idle(self, part: int, caught_up: bool) -> bool:
+        """A reader is idle when it is caught up and has read nothing for source_idle_s."""
+        fed = self.last_fed.get(part, -math.inf)
+        return caught_up and time.monotonic() - fed >= self.settings.source_idle_s
 
 
 def dlq_record(rej: Rejection, raw: bytes, topic: str, partition: int, offset: int) -> bytes:
@@ -255,6 +271,9 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
 
         async def on_partitions_assigned(self, assigned: Any) -> None:
             log.info("ingest partitions assigned: %s", sorted(tp.partition for tp in assigned))
+            # every assigned partition reports its watermark, even before (or without) data
+            for tp in assigned:
+                state.pipeline(tp.partition)
 
     @app.task
     async def ingest() -> None:
@@ -281,6 +300,9 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         consumer.subscribe([settings.topic_events], listener=Rebalance())
         await consumer.start()
         state.consumer = consumer
+        parts = consumer.partitions_for_topic(settings.topic_events)
+        if parts:
+            state.tracker.expect(len(parts), time.monotonic())
         try:
             while True:
                 batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
@@ -291,6 +313,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
                     for i, rej in state.pipeline(tp.partition).feed_many(values):
                         await dead_letter(rej, values[i], recs[i])
                     state.offsets[tp] = recs[-1].offset + 1
+                    state.last_fed[tp.partition] = time.monotonic()
         finally:
             state.consumer = None
             await consumer.stop()
@@ -301,7 +324,8 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             value = event.value
             owner = event.message.partition
             try:
-                d, src, seq = decode_deltas(bytes(value))
+                d, env = decode_message(bytes(value))
+                src, seq = env.src, env.seq
             except (msgspec.DecodeError, ValueError) as exc:
                 m.rollup_bad.inc()
                 log.error("undecodable rollup message dropped: %s", exc)
@@ -309,7 +333,8 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             if not state.remember(src, seq):
                 m.rollup_duplicates.inc()
                 continue
-            state.source_wm[(src, owner)] = (d.watermark, time.monotonic())
+            part = env.part if env.part >= 0 else int(src.rpartition("/")[2] or 0)
+            state.tracker.report(part, owner, d.watermark, env.idle, time.monotonic())
             if len(d):
                 state.monitor.add(d)
             m.rollup_messages.inc()
@@ -321,6 +346,24 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         async with flush_lock:
             await _flush_and_commit()
 
+    async def caught_up_partitions() -> set[int]:
+        """Input partitions whose read position is at the high-water mark (nothing to read)."""
+        consumer = state.consumer
+        out: set[int] = set()
+        if consumer is None:
+            return out
+        for tp in consumer.assignment():
+            hw = consumer.highwater(tp)
+            if hw is None:
+                continue
+            try:
+                pos = await consumer.position(tp)
+            except (KafkaError, AssertionError, ValueError):
+                continue
+            if pos >= hw:
+                out.add(tp.partition)
+        return out
+
     async def _flush_and_commit() -> None:
         # no await between the offset snapshot and the flushes: they cover the same events
         offsets = dict(state.offsets)
@@ -330,10 +373,12 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             d = pipe.flush()
             m.observe_pipeline(part, pipe, d)
             flushed.append((part, pending, d))
+        caught_up = await caught_up_partitions()
         acks = []
         for part, pending, d in flushed:
-            wm_moved = d.watermark != state.last_sent_wm.get(part)
-            if not pending and not (wm_moved or state.ticks % 5 == 0):
+            idle = not pending and state.idle(part, part in caught_up)
+            changed = (d.watermark, idle) != state.last_sent_wm.get(part)
+            if not pending and not (changed or state.ticks % 5 == 0):
                 continue
             src = f"{state.instance}/{part}"
             parts = split_by_owner(d, state.rollup_partitions)
@@ -347,10 +392,12 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
                 state.seq[part] = seq + 1
                 acks.append(
                     await rollup_topic.send(
-                        key=str(owner).encode(), value=encode_deltas(dd, src, seq), partition=owner
+                        key=str(owner).encode(),
+                        value=encode_deltas(dd, src, seq, part, idle),
+                        partition=owner,
                     )
                 )
-            state.last_sent_wm[part] = d.watermark
+            state.last_sent_wm[part] = (d.watermark, idle)
         for ack in acks:
             await ack
         consumer = state.consumer
@@ -418,6 +465,9 @@ def status_document(state: WorkerState, top: int = 20) -> dict[str, Any]:
         "uptime_s": round(time.time() - state.started, 1),
         "ticks": state.ticks,
         "ingest": ingest,
-        "rollup": {"watermark": state.watermark(), "sources": len(state.source_wm)},
+        "rollup": {
+            "watermark": state.watermark(),
+            "input_partitions": state.tracker.status(time.monotonic()),
+        },
         "monitor": state.monitor.status(top),
     }

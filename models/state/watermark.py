@@ -1,0 +1,103 @@
+"""The event-time watermark of a rollup owner: the minimum over the live input partitions.
+
+Every input partition (``mail.events`` partition ``p``) is read by one ingest Pipeline somewhere in
+the group; each tick it sends its Deltas, split by scope owner, to every rollup partition ``o``,
+with its watermark (the newest event time it has read) and whether it is *idle*. A rollup owner
+may count events up to time ``W`` only when every input partition has delivered everything
+before ``W`` to every rollup partition the owner reads. So ``W`` is the minimum, over the input
+partitions, of the minimum over the owner's rollup partitions of the last reported watermark.
+
+Excluded from the minimum, so that nobody waits forever:
+
+- an *idle* partition: its reader says it is caught up (nothing pending, read position at the
+  high-water mark) and has read nothing for ``idle_s``: an empty or quiet partition must not
+  stop time for the others;
+- a *silent* partition: no report for ``idle_s`` (its reader died or was revoked and nobody
+  has taken it over yet). A (partition, rollup partition) pair never heard counts as heard when
+  the tracker first learned of either, so a partition that never reports is excluded after
+  ``idle_s`` too.
+
+A partition that is known (``expect``) but has not reported yet holds ``W`` back: right after a
+start, the first partition read must not carry time past the others' unread events. When every
+partition is excluded, ``W`` is the minimum over all reports (nothing holds it back, nothing
+moves it past a partition's data).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class _Report:
+    watermark: float
+    idle: bool
+    heard: float  #: when it was heard (monotonic seconds)
+
+
+class WatermarkTracker:
+    """Per (input partition, rollup partition) reports -> the owner's watermark."""
+
+    def __init__(self, idle_s: float) -> None:
+        self.idle_s = idle_s
+        self._reports: dict[tuple[int, int], _Report] = {}
+        self._owners: dict[int, float] = {}  # rollup partition -> first heard
+        self._inputs: dict[int, float] = {}  # input partition -> first known
+
+    def expect(self, partitions: int, now: float) -> None:
+        """The input topic has ``partitions`` partitions: each must report (or go silent)."""
+        for p in range(partitions):
+            self._inputs.setdefault(p, now)
+
+    def report(self, part: int, owner: int, watermark: float, idle: bool, now: float) -> None:
+        """A reader's report on one rollup partition. A partition that moved to another reader
+        restarts from its committed offset, so a lower watermark than before is kept as it is:
+        it holds time back until the new reader has caught up."""
+        self._inputs.setdefault(part, now)
+        self._owners.setdefault(owner, now)
+        self._reports[(part, owner)] = _Report(watermark, idle, now)
+
+    def forget_owner(self, owner: int) -> None:
+        """The rollup partition was revoked from this worker: its reports no longer apply."""
+        self._owners.pop(owner, None)
+        for key in [k for k in self._reports if k[1] == owner]:
+            del self._reports[key]
+
+    def watermark(self, now: float) -> float:
+        """The owner's watermark now; 0.0 means "do not move" (nothing reported yet, or a known
+        partition has not reported yet and may hold older events than any report)."""
+        if not self._owners:
+            return 0.0
+        live: list[float] = []
+        for part, first_known in self._inputs.items():
+            lows: list[float] = []
+            for owner, first_heard in self._owners.items():
+                r = self._reports.get((part, owner))
+                if r is None:
+                    if now - max(first_known, first_heard) < self.idle_s:
+                        return 0.0  # wait for its first report, idle_s at most
+                    continue
+                if r.idle or now - r.heard > self.idle_s:
+                    continue
+                lows.append(r.watermark)
+            if lows:
+                live.append(min(lows))
+        if live:
+            return min(live)
+        return min((r.watermark for r in self._reports.values()), default=0.0)
+
+    def status(self, now: float) -> dict[str, object]:
+        """For /status: per input partition, the lowest report and whether it is live."""
+        out: dict[str, object] = {}
+        for part in sorted(self._inputs):
+            reps = [r for (p, _), r in self._reports.items() if p == part]
+            if not reps:
+                out[str(part)] = {"reported": False}
+                continue
+            out[str(part)] = {
+                "reported": True,
+                "watermark": min(r.watermark for r in reps),
+                "idle": all(r.idle for r in reps),
+                "silent_s": round(now - max(r.heard for r in reps), 1),
+            }
+        return out

@@ -1,0 +1,97 @@
+"""WatermarkTracker: the rollup owner's event time is the minimum over live input partitions."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.state.watermark import WatermarkTracker
+
+IDLE = 30.0
+
+
+def test_min_over_partitions_and_rollup_partitions() -> None:
+    w = WatermarkTracker(IDLE)
+    w.expect(2, now=0)
+    w.report(0, 0, 1000.0, False, now=1)
+    assert w.watermark(now=1) == 0.0  # partition 1 has not reported: do not move
+    w.report(1, 0, 400.0, False, now=1)
+    assert w.watermark(now=1) == 400.0
+    w.report(0, 1, 300.0, False, now=2)  # the same partition lags on another rollup partition
+    w.report(1, 1, 900.0, False, now=2)
+    assert w.watermark(now=2) == 300.0
+
+
+def test_a_partition_far_ahead_does_not_move_time() -> None:
+    w = WatermarkTracker(IDLE)
+    w.expect(3, now=0)
+    for p, wm in ((0, 7200.0), (1, 10.0), (2, 20.0)):  # a backlog read unevenly
+        w.report(p, 0, wm, False, now=1)
+    assert w.watermark(now=1) == 10.0
+
+
+def test_idle_and_silent_partitions_stop_holding_time_back() -> None:
+    w = WatermarkTracker(IDLE)
+    w.expect(3, now=0)
+    w.report(0, 0, 500.0, False, now=1)
+    w.report(1, 0, 100.0, True, now=1)  # caught up and quiet for idle_s: excluded
+    w.report(2, 0, 50.0, False, now=1)
+    assert w.watermark(now=1) == 50.0
+    w.report(0, 0, 600.0, False, now=40)  # partition 2's reader died: silent after idle_s
+    assert w.watermark(now=40) == 600.0
+    # everything idle or silent: the lowest report, nothing moves past a partition's data
+    w.report(0, 0, 700.0, True, now=80)
+    assert w.watermark(now=80) == 50.0
+
+
+def test_a_partition_that_never_reports_is_waited_for_idle_s_only() -> None:
+    w = WatermarkTracker(IDLE)
+    w.expect(2, now=0)  # partition 1 is empty and nobody reports for it
+    w.report(0, 0, 100.0, False, now=1)
+    assert w.watermark(now=10) == 0.0
+    assert w.watermark(now=31) == 100.0
+
+
+def test_a_moved_partition_holds_time_back_until_its_new_reader_caught_up() -> None:
+    w = WatermarkTracker(IDLE)
+    w.expect(2, now=0)
+    w.report(0, 0, 1000.0, False, now=1)
+    w.report(1, 0, 1000.0, False, now=1)
+    assert w.watermark(now=1) == 1000.0
+    w.report(1, 0, 0.0, False, now=2)  # the new reader has read nothing yet
+    assert w.watermark(now=2) == 0.0
+    w.report(1, 0, 1100.0, False, now=3)
+    assert w.watermark(now=3) == 1000.0
+
+
+def test_revoked_rollup_partition_is_forgotten() -> None:
+    w = WatermarkTracker(IDLE)
+    w.expect(1, now=0)
+    w.report(0, 0, 100.0, False, now=1)
+    w.report(0, 1, 5.0, False, now=1)
+    assert w.watermark(now=1) == 5.0
+    w.forget_owner(1)
+    assert w.watermark(now=1) == 100.0
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.integers(0, 2), st.floats(0, 1e6), st.booleans()),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_never_above_a_live_partition(reports: list[tuple[int, int, float, bool]]) -> None:
+    """All reports at one instant: the watermark never exceeds a live (non-idle) report."""
+    w = WatermarkTracker(IDLE)
+    w.expect(4, now=0)
+    last: dict[tuple[int, int], tuple[float, bool]] = {}
+    for part, owner, wm, idle in reports:
+        w.report(part, owner, wm, idle, now=1)
+        last[(part, owner)] = (wm, idle)
+    got = w.watermark(now=1)
+    live = [wm for wm, idle in last.values() if not idle]
+    if live:
+        assert got <= min(live)
+    assert got <= max(wm for wm, _ in last.values())
