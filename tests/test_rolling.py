@@ -307,3 +307,22 @@ def test_complaints_beyond_their_lateness_are_dropped_and_counted() -> None:
     feed(st_, make_deltas([("provider:yahoo", now - 60, {"delivered": 1})], watermark=now))
     feed(st_, make_deltas([("provider:yahoo", now - 7 * 3600, {"complained": 3})], watermark=now))
     assert st_.late_complaints == 0 and st_.late_dropped == 3
+
+
+def test_a_complaint_behind_the_clock_counts_when_it_becomes_known() -> None:
+    """Within the lateness too: the fine ring (detectors) counts it now, the coarse ring in its
+    own hour, so log order (FBL stamped with the send time) and event order detect alike."""
+    st_ = RollingStore()
+    now = T0 + 2 * 3600 + 120  # two minutes into an hour and a 5-minute bucket
+    feed(st_, make_deltas([("provider:yahoo", now - 60, {"delivered": 10})], watermark=now))
+    sent = now - 600  # 10 min before: the previous hour, another fine bucket, within lateness
+    feed(
+        st_,
+        make_deltas([("provider:yahoo", sent, {"complained": 1, "delivered": 1})], watermark=now),
+    )
+    c = ROLL_COLUMNS.index("complained")
+    assert st_.late_dropped == 0 and st_.late_complaints == 0
+    assert st_.window_totals("provider:yahoo", 60)[c] == 1  # the current bucket
+    r = np.array([st_.rows["provider:yahoo"]])
+    col = COARSE_IDX.tolist().index(c)
+    assert st_.coarse_sum(1, r)[0, col] == 0 and st_.coarse_sum(2, r)[0, col] == 1

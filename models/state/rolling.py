@@ -34,14 +34,14 @@ so one partition (or one event) far ahead cannot make the others' events late.
   exactly one provider scope). Every event within the lateness of the watermark is therefore
   counted in its own bucket, whatever the bucket boundaries (``lateness_s`` is validated to fit
   in the fine ring).
-- Complaints are the exception: feedback-loop reports arrive hours after the message and are
-  often stamped with its original send time. A late row's complaints (up to
-  ``complaint_lateness_s``, default 72 h) are counted, not dropped: in the fine ring in the
-  *current* bucket (when they became known: the complaint detector sees them now, against the
-  smoothed deliveries of the last hours), and in the coarse ring in the hour they are stamped with
-  (the 24 h rate by send time, as the providers' postmaster tools report it) or, when that hour
-  has left the coarse ring, in the current hour. ``late_complaints`` counts them; the rest of the
-  row is dropped as above.
+- Complaints are the exception: feedback-loop reports arrive minutes to hours after the message
+  and are often stamped with its original send time. A complaint behind the clock counts in the
+  fine ring in the *current* bucket (when it became known: the complaint detector sees it now,
+  against the smoothed deliveries of the last hours, whichever timestamp the source used), and in
+  the coarse ring in the hour it is stamped with (the 24 h rate by send time, as the providers'
+  postmaster tools report it). A late row's complaints (up to ``complaint_lateness_s``, default
+  72 h) are counted the same way instead of dropped (in the current hour when their own has left
+  the coarse ring); ``late_complaints`` counts them, the rest of the row is dropped as above.
 
 Scopes that saw no event for ``idle_evict_s`` are evicted (``evicted`` counts them).
 
@@ -94,6 +94,7 @@ COARSE_IDX: Final[NDArray[np.intp]] = np.array([R[c] for c in COARSE_COLUMNS], d
 N_COARSE: Final[int] = len(COARSE_COLUMNS)
 
 _COMPLAINED: Final[int] = COL["complained"]
+_R_COMPLAINED: Final[int] = R["complained"]
 _COARSE_COMPLAINED: Final[int] = COARSE_COLUMNS.index("complained")
 
 #: Event-kind columns of COLUMNS: their sum is the number of events in a delta row.
@@ -440,7 +441,14 @@ class RollingStore:
         reduced = counts.astype(np.int64, copy=False) @ REDUCE
         fb = starts // cfg.fine_s
         cb = starts // cfg.coarse_s
-        np.add.at(self.fine, (rows, fb % cfg.n_fine), reduced.astype(np.uint32))
+        # complaints count in the fine ring when they become known: a row behind the clock puts
+        # them in the current bucket (the coarse ring keeps them in their own hour, below)
+        compl = reduced[:, _R_COMPLAINED].astype(np.uint32)
+        fine_rows = reduced.astype(np.uint32)
+        fine_rows[:, _R_COMPLAINED] = 0
+        np.add.at(self.fine, (rows, fb % cfg.n_fine), fine_rows)
+        cfb = np.maximum(fb, self.fine_head) % cfg.n_fine
+        np.add.at(self.fine, (rows, cfb, np.full(rows.size, _R_COMPLAINED, np.intp)), compl)
         np.add.at(self.coarse, (rows, cb % cfg.n_coarse), reduced[:, COARSE_IDX].astype(np.uint32))
         np.maximum.at(self.last_seen, rows, fb)
         self.added_events += int(counts[:, _EVENT_COLS].sum())
