@@ -67,6 +67,18 @@ class WorkerProc:
         self.log_path = tmp / "worker.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def sibling(self, tmp: Path) -> WorkerProc:
+        """Another worker of the same group, on the same topics (its own port and data dir)."""
+        other = WorkerProc.__new__(WorkerProc)
+        other.port = free_port()
+        other.env = dict(self.env)
+        other.env.update(REPMON_WEB_PORT=str(other.port), REPMON_DATA_DIR=str(tmp / "faust"))
+        other.topics = dict(self.topics)
+        tmp.mkdir(parents=True, exist_ok=True)
+        other.log_path = tmp / "worker.log"
+        other.proc = None
+        return other
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"

@@ -57,7 +57,9 @@ def provider_h24(status: dict[str, Any]) -> dict[str, dict[str, int]]:
     return {row["scope"]: row["h24"] for row in status["scopes"]["provider"]}
 
 
-def test_backlog_equals_replay(kafka_bootstrap: str, tmp_path: Any) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_backlog_equals_replay(kafka_bootstrap: str, tmp_path: Any, workers: int) -> None:
+    """One or two workers of a group: the same counts and incidents as replay."""
     start = 1_796_000_000.0  # a fixed past: the whole stream is a backlog
     sim = Simulator(SimConfig(seed=3, start=start, duration_s=4 * 3600, rate=5.0, scenario="mixed"))
     evs = [e for chunk in sim.chunks(600.0) for e in chunk]
@@ -67,8 +69,9 @@ def test_backlog_equals_replay(kafka_bootstrap: str, tmp_path: Any) -> None:
     }
     assert len(replay_opened) >= 4, replay_opened  # the scenario's incidents show in replay
 
-    w = WorkerProc(kafka_bootstrap, tmp_path, partitions=PARTITIONS)
-    w.env["REPMON_MAX_FUTURE_SKEW_S"] = "300"
+    (tmp_path / "w0").mkdir()
+    w = WorkerProc(kafka_bootstrap, tmp_path / "w0", partitions=PARTITIONS)
+    procs = [w] + [w.sibling(tmp_path / f"w{i}") for i in range(1, workers)]
     try:
         from streams.worker.settings import Settings
         from streams.worker.topics import ensure_topics
@@ -76,19 +79,37 @@ def test_backlog_equals_replay(kafka_bootstrap: str, tmp_path: Any) -> None:
         ensure_topics(Settings(_env_file=None, **w.settings_kwargs()))
         newest = produce_partitioned(kafka_bootstrap, w.topics["events"], evs)
         final_wm = min(newest.values())
-        w.start()
+        for p in procs:
+            p.start()
+        owner: list[WorkerProc] = []
 
         def caught_up() -> bool | str:
-            st = orjson.loads(w.get("/status?top=50"))
-            got = st["monitor"]["watermark"]
-            return True if got == final_wm else f"monitor watermark {got}, want {final_wm}"
+            marks = []
+            for p in procs:
+                st = orjson.loads(p.get("/status?top=50"))
+                marks.append(st["monitor"]["watermark"])
+                if st["monitor"]["watermark"] == final_wm:
+                    owner[:] = [p]
+                    return True
+            return f"monitor watermarks {marks}, want {final_wm}"
 
         wait_for(caught_up, 180, "the monitor at the backlog's final watermark", w)
-        text = w.get("/metrics").decode()
-        counted = metric_values(text, "repmon_events_total", "kind")
-        assert {k: int(v) for k, v in counted.items() if v} == dict(kinds), "events lost or doubled"
+        det = owner[0]
+
+        def all_counted() -> bool | dict[str, int]:
+            total: Counter[str] = Counter()
+            for p in procs:
+                text = p.get("/metrics").decode()
+                for k, v in metric_values(text, "repmon_events_total", "kind").items():
+                    total[k] += int(v)
+            got = {k: v for k, v in total.items() if v}
+            return True if got == dict(kinds) else got
+
+        # every event counted once, over all workers (the partitions moved between them)
+        wait_for(all_counted, 60, "every event counted exactly once", w)
+        text = det.get("/metrics").decode()
         assert "repmon_late_events_dropped 0.0" in text
-        status = orjson.loads(w.get("/status?top=50"))
+        status = orjson.loads(det.get("/status?top=50"))
         # exact rolling totals: every provider's 24 h counts equal the replay's
         assert provider_h24(status["monitor"]) == provider_h24(mon.status(top=50))
 
@@ -108,11 +129,12 @@ def test_backlog_equals_replay(kafka_bootstrap: str, tmp_path: Any) -> None:
             return True if got >= n_opened else got
 
         try:
-            wait_for(all_read, 60, f"{n_opened} opened incidents on the topic", w)
+            wait_for(all_read, 60, f"{n_opened} opened incidents on the topic", det)
         finally:
             consumer.close()
     finally:
-        w.stop()
+        for p in procs:
+            p.stop()
     worker_opened = {
         (r["type"], r["scope"]): r["opened_at"] for r in records if r["action"] == "opened"
     }

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from models.schema import N_COLUMNS
 from models.state.deltas import Deltas
 from streams.worker.app import (
+    chunk_deltas,
     decode_deltas,
     decode_message,
     encode_deltas,
@@ -62,3 +63,19 @@ def test_split_by_owner_preserves_totals(d: Deltas, partitions: int) -> None:
 def test_owner_is_stable() -> None:
     assert owner_partition("provider:google", 6) == owner_partition("provider:google", 6)
     assert {owner_partition(s, 6) for s in SCOPES} <= set(range(6))
+
+
+@settings(max_examples=50, deadline=None)
+@given(deltas(), st.integers(min_value=1, max_value=15))
+def test_chunks_keep_every_total_and_reply(d: Deltas, max_rows: int) -> None:
+    pieces = chunk_deltas(d, max_rows)
+    assert all(len(p) <= max_rows for p in pieces) or len(pieces) == 1
+    assert sum(len(p) for p in pieces) == len(d)
+    for scope in set(d.scopes):
+        want = d.totals(scope)
+        got = sum((p.totals(scope) for p in pieces), np.zeros(N_COLUMNS, dtype=np.int64))
+        np.testing.assert_array_equal(got, want)
+    used = set(d.scope_idx.tolist())
+    want_replies = sorted((d.scopes[i], t, c) for i, t, c in d.replies if i in used)
+    got_replies = sorted((p.scopes[i], t, c) for p in pieces for i, t, c in p.replies)
+    assert got_replies == want_replies or len(pieces) == 1

@@ -140,6 +140,40 @@ def split_by_owner(d: Deltas, partitions: int) -> dict[int, Deltas]:
     return out
 
 
+#: rows of one rollup message at most: a row is N_COLUMNS int64 counts plus its scope, so 2,000
+#: rows stay well under the broker's default 1 MB message limit
+MAX_ROWS_PER_MESSAGE = 2000
+
+
+def chunk_deltas(d: Deltas, max_rows: int) -> list[Deltas]:
+    """``d`` in pieces of at most ``max_rows`` rows (one empty piece for an empty ``d``); each
+    piece names only its own scopes, and replies go with the piece that has their scope."""
+    n = len(d)
+    if n <= max_rows:
+        return [d]
+    out: list[Deltas] = []
+    first_piece: dict[int, tuple[int, int]] = {}  # scope index in d -> (piece, index in piece)
+    for lo in range(0, n, max_rows):
+        rows = np.arange(lo, min(n, lo + max_rows))
+        used, local = np.unique(d.scope_idx[rows], return_inverse=True)
+        for j, g in enumerate(used.tolist()):
+            first_piece.setdefault(g, (len(out), j))
+        out.append(
+            Deltas(
+                scopes=[d.scopes[int(g)] for g in used],
+                scope_idx=local.astype(np.int32),
+                bucket_start=d.bucket_start[rows],
+                counts=d.counts[rows],
+                watermark=d.watermark,
+            )
+        )
+    for i, text, cnt in d.replies:  # a scope's replies go with its first piece
+        where = first_piece.get(i)
+        if where is not None:
+            out[where[0]].replies.append((where[1], text, cnt))
+    return out
+
+
 @dataclass
 class WorkerState:
     settings: Settings
@@ -241,10 +275,15 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         classifier=Classifier(settings.rule_files),
         metrics=Metrics(),
         monitor=Monitor(),
-        rollup_partitions=settings.topic_partitions,
+        rollup_partitions=settings.rollup_partitions,
     )
     dlq_topic = app.topic(settings.topic_dlq, value_type=bytes, value_serializer="raw")
-    rollup_topic = app.topic(settings.topic_rollup, value_type=bytes, value_serializer="raw")
+    rollup_topic = app.topic(
+        settings.topic_rollup,
+        value_type=bytes,
+        value_serializer="raw",
+        partitions=settings.rollup_partitions,
+    )
     incidents_topic = app.topic(settings.topic_incidents, value_type=bytes, value_serializer="raw")
     m = state.metrics
 
@@ -382,21 +421,28 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
                 continue
             src = f"{state.instance}/{part}"
             parts = split_by_owner(d, state.rollup_partitions)
-            # every owner hears the watermark, rows or not
+            prev_wm = state.last_sent_wm.get(part, (0.0, False))[0]
+            # every owner hears the watermark, rows or not; a large flush (a backlog) goes in
+            # pieces, and only the last one carries the new watermark, so that an owner never
+            # moves its clock before it has added every row the watermark vouches for
             for owner in range(state.rollup_partitions):
                 dd = parts.get(owner)
                 if dd is None:
                     dd = Deltas.empty()
                     dd.watermark = d.watermark
-                seq = state.seq.get(part, 0)
-                state.seq[part] = seq + 1
-                acks.append(
-                    await rollup_topic.send(
-                        key=str(owner).encode(),
-                        value=encode_deltas(dd, src, seq, part, idle),
-                        partition=owner,
+                pieces = chunk_deltas(dd, MAX_ROWS_PER_MESSAGE)
+                for i, piece in enumerate(pieces):
+                    last = i == len(pieces) - 1
+                    piece.watermark = d.watermark if last else prev_wm
+                    seq = state.seq.get(part, 0)
+                    state.seq[part] = seq + 1
+                    acks.append(
+                        await rollup_topic.send(
+                            key=str(owner).encode(),
+                            value=encode_deltas(piece, src, seq, part, idle and last),
+                            partition=owner,
+                        )
                     )
-                )
             state.last_sent_wm[part] = (d.watermark, idle)
         for ack in acks:
             await ack

@@ -22,6 +22,12 @@ class Settings(BaseSettings):
     topic_incidents: str = "repmon.incidents"
     #: partitions of mail.events and repmon.rollup when repmon creates them
     topic_partitions: int = Field(default=6, ge=1, le=1024)
+    #: partitions of repmon.rollup: the number of detection owners. 1 (the default) puts every
+    #: scope in one Monitor, so attribution (related scopes, one incident explaining another) sees
+    #: every scope, and several workers open exactly the incidents one worker does; ingest (the
+    #: heavy part) still scales out over topic_partitions. More owners split the rolling state,
+    #: but incidents whose scopes have different owners are then attributed per owner.
+    rollup_partitions: int = Field(default=1, ge=1, le=1024)
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=1, le=65535)
     #: seconds between two flushes of the in-memory counters (a "tick")

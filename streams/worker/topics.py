@@ -42,7 +42,12 @@ def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> None:
             NewTopic(settings.topic_events, p, 1, topic_configs={"max.message.bytes": "4194304"}),
             # a dead letter carries up to 1 MiB of original bytes, base64-encoded
             NewTopic(settings.topic_dlq, 1, 1, topic_configs={"max.message.bytes": "4194304"}),
-            NewTopic(settings.topic_rollup, p, 1),
+            NewTopic(
+                settings.topic_rollup,
+                settings.rollup_partitions,
+                1,
+                topic_configs={"max.message.bytes": "4194304"},
+            ),
             NewTopic(settings.topic_incidents, 1, 1, topic_configs={"cleanup.policy": "compact"}),
         ]
         missing = [t for t in wanted if t.name not in existing]
