@@ -111,14 +111,7 @@ def run_one(
             if pipe.feed_obj(ev) is None:
                 kumo.feed(ev)
         res.events += len(chunk)
-        d = pipe.flush()
-        mon.add(d)
-        static.add(d)
-        for ch in mon.advance(d.watermark):
-            j = ch.to_json()
-            if j["action"] == "opened":
-                res.monitor.append(j)
-        static.advance(d.watermark)
+        _tick(pipe, mon, static, res)
     res.seconds = time.perf_counter() - t0
     res.static = [_alarm_json(a) for a in static.alarms]
     res.kumo = [_alarm_json(a) for a in kumo.alarms]
@@ -131,6 +124,18 @@ def run_one(
         if t["end"] is None:
             t["end"] = run_end
     return res
+
+
+def _tick(pipe: Pipeline, mon: Monitor, static: StaticThreshold, res: RunResult) -> None:
+    """Flush the pipeline into the Monitor and the static baseline; run both; keep openings."""
+    d = pipe.flush()
+    mon.add(d)
+    static.add(d)
+    for ch in mon.advance(d.watermark):
+        j = ch.to_json()
+        if j["action"] == "opened":
+            res.monitor.append(j)
+    static.advance(d.watermark)
 
 
 def _feed_log_order(
@@ -152,16 +157,6 @@ def _feed_log_order(
     newest = 0.0
     rejected = 0
 
-    def tick() -> None:
-        d = pipe.flush()
-        mon.add(d)
-        static.add(d)
-        for ch in mon.advance(d.watermark):
-            j = ch.to_json()
-            if j["action"] == "opened":
-                res.monitor.append(j)
-        static.advance(d.watermark)
-
     for ev in logged:
         if pipe.feed_obj(ev) is None:
             kumo.feed(ev)
@@ -172,9 +167,9 @@ def _feed_log_order(
         if next_tick < 0:
             next_tick = (newest // tick_s + 1) * tick_s
         elif newest >= next_tick:
-            tick()
+            _tick(pipe, mon, static, res)
             next_tick = (newest // tick_s + 1) * tick_s
-    tick()
+    _tick(pipe, mon, static, res)
     mm = mon.metrics()
     res.lost = rejected + int(mm["late_dropped"]) + int(mm["early_dropped"])
     res.late_complaints = int(mm["late_complaints"])

@@ -14,14 +14,14 @@ from typing import Any
 
 import orjson
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaProducer
 
 from models.detect.monitor import Monitor
 from models.sim.simulator import SimConfig, Simulator
 from streams.cli.replay import replay_lines
 from streams.worker.decoding import ingest_pipeline
 from tests.conftest import WorkerProc
-from tests.test_integration_kafka import metric_values, wait_for
+from tests.test_integration_kafka import metric_values, read_incidents_until, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -115,23 +115,13 @@ def test_backlog_equals_replay(kafka_bootstrap: str, tmp_path: Any, workers: int
 
         # every incident the worker opened is on the incidents topic (as many as it counted)
         n_opened = int(sum(metric_values(text, "repmon_incidents_opened_total", "type").values()))
-        consumer = KafkaConsumer(
-            w.topics["incidents"],
-            bootstrap_servers=kafka_bootstrap,
-            auto_offset_reset="earliest",
-            consumer_timeout_ms=1000,
+        records = read_incidents_until(
+            kafka_bootstrap,
+            det,
+            lambda rs: sum(1 for r in rs if r["action"] == "opened") >= n_opened,
+            f"{n_opened} opened incidents on the topic",
+            timeout_s=60,
         )
-        records: list[dict[str, Any]] = []
-
-        def all_read() -> bool | int:
-            records.extend(orjson.loads(m.value) for m in consumer)
-            got = sum(1 for r in records if r["action"] == "opened")
-            return True if got >= n_opened else got
-
-        try:
-            wait_for(all_read, 60, f"{n_opened} opened incidents on the topic", det)
-        finally:
-            consumer.close()
     finally:
         for p in procs:
             p.stop()

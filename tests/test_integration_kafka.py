@@ -11,6 +11,8 @@ import random
 import re
 import time
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 import pytest
@@ -150,6 +152,33 @@ def wait_for(pred, timeout_s: float, what: str, worker: WorkerProc):  # type: ig
     raise AssertionError(f"timed out waiting for {what}; last: {last}\n{worker.log_tail()}")
 
 
+def read_incidents_until(
+    bootstrap: str,
+    worker: WorkerProc,
+    done: Callable[[list[dict[str, Any]]], bool],
+    what: str,
+    timeout_s: float = 120.0,
+) -> list[dict[str, Any]]:
+    """Read the incidents topic from the start until ``done(records so far)``."""
+    consumer = KafkaConsumer(
+        worker.topics["incidents"],
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=1000,
+    )
+    found: list[dict[str, Any]] = []
+
+    def pred() -> bool | int:
+        found.extend(orjson.loads(m.value) for m in consumer)
+        return True if done(found) else len(found)
+
+    try:
+        wait_for(pred, timeout_s, what, worker)
+    finally:
+        consumer.close()
+    return found
+
+
 def replay_opened(evs: list[dict[str, object]]) -> dict[tuple[str, str], float]:
     """``repmon replay``'s loop with its defaults over the same events: first opening per
     (type, scope)."""
@@ -256,27 +285,16 @@ def test_worker_detects_a_simulated_outage(worker: WorkerProc, kafka_bootstrap: 
         [orjson.dumps(e) for e in evs],
         [str(e["recipient_domain"]).encode() for e in evs],
     )
-    consumer = KafkaConsumer(
-        worker.topics["incidents"],
-        bootstrap_servers=kafka_bootstrap,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=2000,
-    )
-    found: list[dict[str, object]] = []
 
-    def opened() -> bool | int:
-        found.extend(orjson.loads(m.value) for m in consumer)
-        hits = [
-            r
+    def opened(found: list[dict[str, Any]]) -> bool:
+        return any(
+            r["action"] == "opened" and r["type"] == truth.type and r["scope"] in truth.scopes
             for r in found
-            if r["action"] == "opened" and r["type"] == truth.type and r["scope"] in truth.scopes
-        ]
-        return True if hits else len(found)
+        )
 
-    try:
-        wait_for(opened, 120, f"{truth.type} at {truth.scopes} on the incidents topic", worker)
-    finally:
-        consumer.close()
+    found = read_incidents_until(
+        kafka_bootstrap, worker, opened, f"{truth.type} at {truth.scopes} on the incidents topic"
+    )
     hit = next(r for r in found if r["action"] == "opened" and r["scope"] in truth.scopes)
     opened_at = float(hit["opened_at"])  # type: ignore[arg-type]
     assert truth.onset <= opened_at <= truth.onset + 600
