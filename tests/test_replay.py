@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from models.detect.monitor import Monitor
 from models.ingest.pipeline import Pipeline
 from models.sim.simulator import SimConfig, Simulator
+from models.state.watermark import PartitionClock
 from streams.cli import replay as replay_cmd
 from streams.cli.replay import replay_lines, replay_parallel, shard_of
 
@@ -176,8 +177,10 @@ def test_shard_by_recipient(a: bytes, b: bytes) -> None:
 def _reference_ticks(
     lines: list[bytes], tick_s: float, max_pending: int
 ) -> tuple[list[tuple[float, Any]], list[str]]:
-    """The replay loop fed line by line, as it was before batching: the contract of TickLoop."""
+    """The replay loop fed line by line, as it was before batching: the contract of TickLoop.
+    The watermark is the file's PartitionClock, one event at a time."""
     pipe = Pipeline(loads=orjson.loads)
+    clock = PartitionClock()
     ticks: list[tuple[float, Any]] = []
     rejected: list[str] = []
     next_tick, pending = -math.inf, 0
@@ -190,13 +193,17 @@ def _reference_ticks(
             rejected.append(rej.reason)
             continue
         pending += 1
-        wm = pipe.watermark
+        wm = float(clock.running(pipe.pending_timestamps(pipe.pending() - 1))[0])
         if wm >= next_tick or pending >= max_pending:
             if next_tick != -math.inf:
-                ticks.append((next_tick, pipe.flush()))
+                d = pipe.flush()
+                d.watermark = wm
+                ticks.append((next_tick, d))
                 pending = 0
             next_tick = (math.floor(wm / tick_s) + 1) * tick_s
-    ticks.append((math.inf, pipe.flush()))
+    d = pipe.flush()
+    d.watermark = clock.watermark
+    ticks.append((math.inf, d))
     return ticks, rejected
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.state.watermark import WatermarkTracker
+from models.state.watermark import PartitionClock, WatermarkTracker
 
 IDLE = 30.0
 
@@ -95,3 +98,46 @@ def test_never_above_a_live_partition(reports: list[tuple[int, int, float, bool]
     if live:
         assert got <= min(live)
     assert got <= max(wm for wm, _ in last.values())
+
+
+def clock_run(ts: list[float], max_ahead_s: float = 300.0) -> list[float]:
+    return PartitionClock(max_ahead_s).running(np.array(ts, dtype=np.float64)).tolist()
+
+
+def test_clock_follows_ordered_events() -> None:
+    ts = [100.0, 100.5, 103.0, 102.0, 110.0, 400.0, 650.0]
+    assert clock_run(ts) == [100.0, 100.5, 103.0, 103.0, 110.0, 400.0, 650.0]
+
+
+def test_clock_ignores_a_lone_event_far_ahead() -> None:
+    # one line stamped 20 minutes ahead (a skewed node) among ordered traffic
+    ts = [1000.0, 1001.0, 2200.0, 1002.0, 1003.0, 1004.0]
+    assert clock_run(ts) == [1000.0, 1001.0, 1001.0, 1002.0, 1003.0, 1004.0]
+
+
+def test_clock_follows_a_real_gap_on_the_second_event() -> None:
+    ts = [100.0, 101.0, 1000.0, 1001.0, 1002.0]
+    assert clock_run(ts) == [100.0, 101.0, 101.0, 1001.0, 1002.0]
+
+
+def test_clock_state_carries_over_batches() -> None:
+    c = PartitionClock()
+    c.running(np.array([10.0, 20.0]))
+    assert c.running(np.array([2000.0])).tolist() == [20.0]
+    assert c.running(np.array([2001.0])).tolist() == [2001.0]
+    assert c.held_events == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(min_value=1.0, max_value=1e5), min_size=1, max_size=80))
+def test_clock_never_ahead_of_the_data_and_never_back(ts: list[float]) -> None:
+    got = clock_run(ts)
+    assert all(b >= a for a, b in itertools.pairwise(got))
+    assert all(w <= max(ts[: i + 1]) for i, w in enumerate(got))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(min_value=0.0, max_value=299.0), min_size=1, max_size=80))
+def test_clock_equals_the_running_max_without_jumps(steps: list[float]) -> None:
+    ts = list(np.cumsum([1.0, *steps]))
+    assert clock_run(ts) == list(np.maximum.accumulate(ts))

@@ -27,6 +27,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+from numpy.typing import NDArray
+
 
 @dataclass(slots=True)
 class _Report:
@@ -100,4 +103,50 @@ class WatermarkTracker:
                 "idle": all(r.idle for r in reps),
                 "silent_s": round(now - max(r.heard for r in reps), 1),
             }
+        return out
+
+
+class PartitionClock:
+    """The watermark of one input partition (or replay file): the newest event time read, except
+    that an event far ahead of it does not move it on its own.
+
+    An event more than ``max_ahead_s`` ahead of the watermark (a node with a skewed clock, a
+    mistyped timestamp) is *held*: it moves the watermark only when a second event corroborates
+    it (one at or after ``held - max_ahead_s``), as after a real gap in the traffic. A lone
+    event stamped minutes ahead therefore neither moves time nor is lost (it is counted in its
+    own bucket when the clock gets there, models/state/rolling.py). The cost: on a partition
+    whose events are more than ``max_ahead_s`` apart the watermark lags one event. The first
+    event starts the clock.
+    """
+
+    def __init__(self, max_ahead_s: float = 300.0) -> None:
+        self.max_ahead_s = max_ahead_s
+        self.watermark = 0.0
+        self._held: float | None = None
+        self.held_events = 0  #: events that were ahead of the watermark when read
+
+    def running(self, ts: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Read ``ts`` in order; the watermark after each event."""
+        out = np.empty(len(ts), dtype=np.float64)
+        wm, held, step = self.watermark, self._held, self.max_ahead_s
+        n_held = 0
+        for k, t in enumerate(ts.tolist()):
+            if wm == 0.0:
+                wm = t
+            elif t <= wm + step:
+                if t > wm:
+                    wm = t
+                if held is not None and held <= wm + step:
+                    held = None  # the clock caught up with it
+            elif held is not None and t >= held - step:
+                wm = max(wm, min(held, t))  # corroborated: a gap, not a skewed clock
+                held = t if t > wm + step else None
+                if held is None and t > wm:
+                    wm = t
+            else:
+                n_held += 1
+                held = t if held is None else min(held, t)
+            out[k] = wm
+        self.watermark, self._held = wm, held
+        self.held_events += n_held
         return out

@@ -42,6 +42,7 @@ from models.ingest.pipeline import BATCH_ROWS, Pipeline, parse_timestamp
 from models.schema import COL
 from models.state.deltas import Deltas
 from models.state.rolling import RollingConfig
+from models.state.watermark import PartitionClock
 from streams.worker.decoding import ingest_pipeline
 
 _PROGRESS_EVERY = 65536
@@ -177,6 +178,9 @@ class TickLoop:
     takes the watermark to the next multiple of ``tick_s`` or the pending count to
     ``max_pending``; the batch's later events stay pending for the next tick
     (``Pipeline.flush(upto=...)``). So batching changes no output, only the speed.
+
+    The watermark is the file's ``PartitionClock`` (models/state/watermark.py), as in the worker:
+    the newest event time, except that a lone event far ahead does not move it.
     """
 
     def __init__(
@@ -187,6 +191,7 @@ class TickLoop:
         max_pending: int = 200_000,
     ) -> None:
         self.pipeline = pipeline
+        self.clock = PartitionClock()
         self.on_tick = on_tick
         self.tick_s = tick_s
         self.max_pending = max(1, max_pending)
@@ -198,17 +203,16 @@ class TickLoop:
     def feed(self, lines: list[bytes]) -> None:
         p = self.pipeline
         base = p.pending()
-        wm = p.watermark
         self.lines += len(lines)
         for i, rej in p.feed_many(lines):
             blank = rej.reason == "bad_json" and not lines[i].strip()
             self.rejected["empty_line" if blank else rej.reason] += 1
         ts = p.pending_timestamps(base)
         self.accepted += len(ts)
+        clock = self.clock.running(ts)
         i = 0
         while i < len(ts):
-            run = np.maximum.accumulate(ts[i:])
-            np.maximum(run, wm, out=run)
+            run = clock[i:]
             # first event (from i) that reaches the next tick or fills the pending budget
             hit = np.flatnonzero(run >= self.next_tick)
             at = min(
@@ -219,7 +223,9 @@ class TickLoop:
                 break
             wm = float(run[at])
             if self.next_tick != -math.inf:
-                self.on_tick(p.flush(upto=base + i + at + 1), self.next_tick)
+                d = p.flush(upto=base + i + at + 1)
+                d.watermark = wm
+                self.on_tick(d, self.next_tick)
                 base = -(i + at + 1)
             self.next_tick = (math.floor(wm / self.tick_s) + 1) * self.tick_s
             i += at + 1
@@ -230,7 +236,9 @@ class TickLoop:
             self.feed(batch)
 
     def finish(self) -> None:
-        self.on_tick(self.pipeline.flush(), math.inf)
+        d = self.pipeline.flush()
+        d.watermark = self.clock.watermark
+        self.on_tick(d, math.inf)
 
 
 def replay_lines(

@@ -43,7 +43,7 @@ from models.detect.monitor import Monitor
 from models.ingest.pipeline import Pipeline, Rejection
 from models.schema import N_COLUMNS
 from models.state.deltas import Deltas
-from models.state.watermark import WatermarkTracker
+from models.state.watermark import PartitionClock, WatermarkTracker
 from streams.worker.decoding import ingest_pipeline
 from streams.worker.metrics import Metrics
 from streams.worker.settings import Settings
@@ -184,6 +184,8 @@ class WorkerState:
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     )
     pipelines: dict[int, Pipeline] = field(default_factory=dict)
+    #: the event-time clock of each input partition (a lone event far ahead does not move it)
+    clocks: dict[int, PartitionClock] = field(default_factory=dict)
     seq: dict[int, int] = field(default_factory=dict)
     last_sent_wm: dict[int, tuple[float, bool]] = field(default_factory=dict)
     #: monotonic time of the last record fed per input partition (-inf: never)
@@ -306,6 +308,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             await flush_and_commit()
             for tp in revoked:
                 state.pipelines.pop(tp.partition, None)
+                state.clocks.pop(tp.partition, None)
                 state.offsets.pop(tp, None)
 
         async def on_partitions_assigned(self, assigned: Any) -> None:
@@ -409,7 +412,11 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         flushed = []
         for part, pipe in list(state.pipelines.items()):
             pending = pipe.pending()
+            clock = state.clocks.setdefault(part, PartitionClock())
+            if pending:
+                clock.running(pipe.pending_timestamps())
             d = pipe.flush()
+            d.watermark = clock.watermark
             m.observe_pipeline(part, pipe, d)
             flushed.append((part, pending, d))
         caught_up = await caught_up_partitions()
