@@ -6,6 +6,7 @@ import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -118,6 +119,13 @@ def test_rejections_name_their_reason(raw: bytes, reason: str) -> None:
     assert p.feed(ev("sent")) is None
     d = p.flush()
     assert d.totals("domain:gmail.com")[COL["sent"]] == 1
+
+
+def test_feed_obj_takes_any_mapping() -> None:
+    p = make()
+    event = {"event": "sent", "timestamp": BASE, "recipient": "a@gmail.com", "x_vendor": 1}
+    assert p.feed_obj(MappingProxyType(event)) is None
+    assert p.stats.accepted == 1 and p.stats.unknown_fields == 1
 
 
 def test_unknown_fields_are_counted_not_rejected() -> None:
@@ -242,7 +250,8 @@ def test_no_clear_address_is_kept() -> None:
     p.feed(ev("delivered", rcpt="secret.person@gmail.com"))
     p.feed(ev("bounced", rcpt="secret.person@gmail.com", response="550 user unknown"))
     d = p.flush()
-    blob = repr(p.stats) + repr(d.scopes) + repr(d.replies) + repr(p._combo) + repr(p._reply_texts)
+    blob = repr(p.stats) + repr(d.scopes) + repr(d.replies) + repr(p._scopes.combos)
+    blob += repr(p._replies.texts)
     assert "secret.person" not in blob
 
 
@@ -385,6 +394,8 @@ _BAD = [
     {"event": "sent", "timestamp": "yesterday"},
     {"event": "sent", "timestamp": 12.0},
     {"event": "sent", "timestamp": 10**400},
+    {"event": "sent", "timestamp": float("inf")},
+    {"event": "sent", "timestamp": float("nan")},
     {"event": "sent", "timestamp": BASE + 30 * 86400},
     {"event": "sent", "tenant": 7},
     {"event": "sent", "campaign": ["a"]},
@@ -393,6 +404,7 @@ _BAD = [
     {"event": "bounced", "smtp_code": True},
     {"event": "bounced", "smtp_code": 0},
     {"event": "bounced", "smtp_code": 999},
+    {"event": "bounced", "smtp_code": 550.0},
     {"event": "bounced", "enhanced_code": "5.1"},
     {"event": "bounced", "enhanced_code": ""},
     {"event": "bounced", "enhanced_code": 5},
@@ -403,6 +415,8 @@ _BAD = [
     {"event": "sent", "recipient": "x@bad domain.com"},
     {"event": "sent", "sender_domain": "not a domain"},
     {"event": "sent", "recipient_domain": 5},
+    {"event": "sent", "recipient_domain": ""},
+    {"event": "sent", "mx_host": {"a": 1}, "response": "x" * 9000},
 ]
 _RAW_BAD = [b"{oops", b'"a string"', b"[1, 2]", b"\xff\xfe", b"", b"   ", b" " * ((1 << 20) + 1)]
 
