@@ -78,6 +78,7 @@ class RunResult:
     kumo: list[dict[str, Any]] = field(default_factory=list)
     order: str = "sorted"
     lost: int = 0  #: valid events not counted (rejected, late, early overflow)
+    double_counted: int = 0  #: duplicated lines counted twice
     late_complaints: int = 0
     log: dict[str, Any] = field(default_factory=dict)  #: what the log-order transform did
 
@@ -163,7 +164,9 @@ def _feed_log_order(
         else:
             rejected += 1
         res.events += 1
-        newest = max(newest, float(ev["timestamp"]))
+        newest = pipe.watermark  # the newest accepted event time (timestamps may be strings)
+        if newest <= 0:
+            continue
         if next_tick < 0:
             next_tick = (newest // tick_s + 1) * tick_s
         elif newest >= next_tick:
@@ -172,6 +175,8 @@ def _feed_log_order(
     _tick(pipe, mon, static, res)
     mm = mon.metrics()
     res.lost = rejected + int(mm["late_dropped"]) + int(mm["early_dropped"])
+    # lines the shipper published twice and that were counted twice
+    res.double_counted = st.duplicated - int(getattr(pipe.stats, "duplicates", 0))
     res.late_complaints = int(mm["late_complaints"])
 
 
@@ -316,7 +321,9 @@ def main() -> None:
                 f"{r.log['max_disorder_s'] / 60:.1f} min, complaints excluded), "
                 f"{r.log['complaints_restamped']:,} complaints stamped with the send time (up to "
                 f"{r.log['complaint_max_delay_s'] / 3600:.1f} h late), {r.log['slow_node_lines']:,} "
-                f"slow-node lines; valid events lost: {r.lost:,}; late complaints counted: "
+                f"slow-node lines, {r.log['duplicated']:,} duplicated lines, {r.log['reshaped']:,} "
+                f"reshaped events; valid events lost: {r.lost:,}; counted twice: "
+                f"{r.double_counted:,}; late complaints counted: "
                 f"{r.late_complaints:,}"
             )
     table, summary = summarise(results)

@@ -12,6 +12,11 @@ deterministically from a seed, and says what it did:
   batch (several files tailed in parallel).
 - **Retries and asynchronous DSNs** stay where a log puts them: at the time they happened (the
   simulator stamps a DSN bounce with its arrival, after the message's 250).
+- **At-least-once shipping**: about 0.3 % of the batches are published twice.
+- **Messy but valid field shapes** (docs/events.md): a third of the events carry their timestamp
+  as an RFC 3339 string (upper- or lower-case ``T``/``Z``, or a ``+01:00`` offset), a third of the
+  replies carry ``smtp_code`` as a digit string, and absent optional fields appear as empty
+  strings (``"enhanced_code": ""``, ``"pool": ""``) on the events of one node.
 
 The arrival time of a line is its timestamp plus its delay; the stream is ordered by arrival time.
 Disorder, except for complaints, is at most 8 minutes plus a batch: inside the 15 minute lateness.
@@ -19,6 +24,7 @@ Disorder, except for complaints, is at most 8 minutes plus a batch: inside the 1
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +42,8 @@ class LogOrderStats:
     slow_node_lines: int = 0
     out_of_order: int = 0  #: lines older than the newest line before them
     max_disorder_s: float = 0.0  #: largest (newest before - own timestamp), complaints excluded
+    duplicated: int = 0  #: lines published a second time
+    reshaped: int = 0  #: events written with another valid field shape
 
 
 def to_log_order(
@@ -79,7 +87,24 @@ def to_log_order(
     batch = np.floor(arrival / BATCH_S)
     shuffle = rng.random(len(events))
     order = np.lexsort((shuffle, batch))
-    logged = [out[i] for i in order.tolist()]
+    # at-least-once: a few batches go out twice (right after themselves)
+    again = set(np.flatnonzero(rng.random(int(batch.max() - batch.min()) + 1) < 0.003).tolist())
+    b0 = int(batch.min())
+    logged = []
+    run: list[dict[str, Any]] = []
+    prev = None
+    for i in order.tolist():
+        b = int(batch[i]) - b0
+        if prev is not None and b != prev:
+            if prev in again:
+                logged.extend(run)
+                stats.duplicated += len(run)
+            run = []
+        e = reshape(out[i], rng, slow_ip)
+        stats.reshaped += e is not out[i]
+        logged.append(e)
+        run.append(e)
+        prev = b
     newest = -np.inf
     for i in order.tolist():
         ts = float(out[i]["timestamp"])
@@ -89,3 +114,31 @@ def to_log_order(
                 stats.max_disorder_s = max(stats.max_disorder_s, newest - ts)
         newest = max(newest, ts)
     return logged, stats
+
+
+def _rfc3339(ts: float, rng: np.random.Generator) -> str:
+    t = time.gmtime(ts)
+    frac = f"{ts % 1:.3f}"[1:]
+    pick = int(rng.integers(3))
+    if pick == 0:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", t) + frac + "Z"
+    if pick == 1:
+        return time.strftime("%Y-%m-%dt%H:%M:%S", t) + frac + "z"
+    local = time.gmtime(ts + 3600)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", local) + frac + "+01:00"
+
+
+def reshape(e: dict[str, Any], rng: np.random.Generator, node: str | None) -> dict[str, Any]:
+    """The same event in another valid field shape, about one time in three (a copy then)."""
+    u = rng.random(3)
+    if u[0] >= 1 / 3 and u[1] >= 1 / 3 and e.get("sending_ip") != node:
+        return e
+    e = dict(e)
+    if u[0] < 1 / 3:
+        e["timestamp"] = _rfc3339(float(e["timestamp"]), rng)
+    if u[1] < 1 / 3 and isinstance(e.get("smtp_code"), int):
+        e["smtp_code"] = str(e["smtp_code"])
+    if e.get("sending_ip") == node:  # this node's adapter writes absent fields as ""
+        for k in ("enhanced_code", "mx_host", "campaign"):
+            e.setdefault(k, "")
+    return e

@@ -31,6 +31,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from models.ingest.pipeline import parse_timestamp
 from models.ingest.providers import ProviderResolver
 from models.state.deltas import Deltas
 from models.state.rolling import R, RollingConfig, RollingStore
@@ -176,7 +177,7 @@ class CountTriggers:
         for name, rx, dur in self.rules:
             if rx.search(text) is None:
                 continue
-            t = float(ev["timestamp"])
+            t = parse_timestamp(ev["timestamp"])  # the event contract: epoch or RFC 3339
             site = self._site(ev)
             ip = str(ev.get("sending_ip") or "")
             key = (name, site, ip)
