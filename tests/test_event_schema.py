@@ -48,6 +48,34 @@ GOOD: list[dict[str, Any]] = [
         "feedback_type": "abuse",
         "x_extra": {"anything": 1},
     },
+    # smtp_code as three digits; blank optional strings are absent
+    {"event": "deferred", "timestamp": BASE, "recipient": "a@gmail.com", "smtp_code": "451"},
+    {
+        "event": "bounced",
+        "timestamp": BASE,
+        "recipient": "a@gmail.com",
+        "recipient_domain": "",
+        "message_id": "",
+        "smtp_code": "",
+        "enhanced_code": " ",
+        "pool": "",
+        "tenant": " ",
+        "campaign": "\t",
+        "sender_domain": "",
+        "response": "",
+    },
+    {"event": "sent", "timestamp": BASE, "recipient": "", "recipient_domain": "corp.example"},
+    # RFC 3339 as documented
+    *(
+        {"event": "sent", "timestamp": ts, "recipient": "a@gmail.com"}
+        for ts in (
+            "2026-11-22t00:00:00z",
+            "2026-11-22 00:00:00Z",
+            "2026-11-22T01:00:00.123456789+01:00",
+            "2026-11-21T19:00:00-05:00",
+            "2026-11-21T23:59:60Z",
+        )
+    ),
 ]
 BAD: list[dict[str, Any]] = [
     {"timestamp": BASE, "recipient": "a@gmail.com"},
@@ -57,10 +85,34 @@ BAD: list[dict[str, Any]] = [
     {"event": "sent", "timestamp": True, "recipient": "a@gmail.com"},
     {"event": "sent", "timestamp": 12, "recipient": "a@gmail.com"},
     {"event": "sent", "timestamp": BASE, "recipient": "no-at-sign"},
-    {"event": "bounced", "timestamp": BASE, "recipient": "a@gmail.com", "smtp_code": "550"},
     {"event": "bounced", "timestamp": BASE, "recipient": "a@gmail.com", "smtp_code": 999},
     {"event": "bounced", "timestamp": BASE, "recipient": "a@gmail.com", "enhanced_code": "5.1"},
     {"event": "sent", "timestamp": BASE, "recipient": "a@gmail.com", "campaign": 7},
+    *(
+        {"event": "bounced", "timestamp": BASE, "recipient": "a@gmail.com", "smtp_code": code}
+        for code in ("55O", "45", "4510", " 451 ", "451\n", "999", "099", "\u0664\u0665\u0661")
+    ),
+    *(
+        {"event": "bounced", "timestamp": BASE, "recipient": "a@gmail.com", "enhanced_code": e}
+        for e in ("5.1.1\n", "5.\u0661.1", " 5.1.1")
+    ),
+    *(
+        {"event": "sent", "timestamp": ts, "recipient": "a@gmail.com"}
+        for ts in (
+            "2026-11-22",
+            "20261122T000000Z",
+            "2026-W47-7T00:00:00Z",
+            "2026-11-22T00:00:00",
+            "2026-11-22 00:00:00",
+            "2026-11-22T00:00:00+0100",
+            "2026-11-22T00:00:00Z\n",
+            "1795305600",
+            "",
+        )
+    ),
+    {"event": "sent", "timestamp": BASE, "recipient": ""},
+    {"event": "sent", "timestamp": BASE, "recipient": " ", "recipient_domain": "\t"},
+    {"event": "", "timestamp": BASE, "recipient": "a@gmail.com"},
 ]
 
 

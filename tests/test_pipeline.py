@@ -90,7 +90,7 @@ def ev(kind: str, ts: float = BASE + 1, rcpt: str = "alice@gmail.com", **kw: Any
             "wrong_type",
         ),
         (ev("sent", tenant=7), "wrong_type"),
-        (ev("bounced", smtp_code="550"), "wrong_type"),
+        (ev("bounced", smtp_code="55O"), "wrong_type"),
         (ev("bounced", smtp_code=True), "wrong_type"),
         (
             json.dumps({"event": "exploded", "timestamp": BASE, "recipient": "a@b.com"}).encode(),
@@ -143,7 +143,7 @@ def test_unknown_fields_are_counted_not_rejected() -> None:
         ("2026-11-22T00:00:00Z", BASE),
         ("2026-11-22T01:00:00+01:00", BASE),
         ("2026-11-22T00:00:00.500Z", BASE + 0.5),
-        ("2026-11-22 00:00:00", BASE),
+        ("2026-11-22 00:00:00Z", BASE),
     ],
 )
 def test_timestamps(value: object, expected: float) -> None:
@@ -383,6 +383,26 @@ _GOOD = [
     {"event": "complained", "recipient": "e@gmail.com", "feedback_type": "abuse", "pool": "p1"},
     {"event": "opened", "recipient": "f@b2b.example.de", "sender_domain": "news.example.com"},
     {"event": "delivered", "recipient": "g@gmail.com", "x_vendor": 1, "other": [1, 2]},
+    # blank optional fields are absent; digit-string codes are codes; recipient's domain wins
+    {"event": "bounced", "recipient": "h@gmail.com", "smtp_code": "451", "enhanced_code": ""},
+    {"event": "sent", "recipient": "i@gmail.com", "pool": " ", "tenant": "", "campaign": "\t"},
+    {"event": "sent", "recipient": "j@gmail.com", "recipient_domain": "", "message_id": " "},
+    {"event": "sent", "recipient": "k@Gmail.com", "recipient_domain": "yahoo.com"},
+    {"event": "deferred", "recipient_domain": "corp.example", "recipient": "", "smtp_code": ""},
+    # the known-good memory: a delivery, its own DSN, another message's bounce
+    {"event": "delivered", "recipient": "kg@corp.example", "message_id": "m-kg1"},
+    {
+        "event": "bounced",
+        "recipient": "kg@corp.example",
+        "message_id": "m-kg1",
+        "response": "550 5.1.1 unknown",
+    },
+    {
+        "event": "bounced",
+        "recipient": "kg@corp.example",
+        "message_id": "m-kg2",
+        "response": "550 5.1.1 unknown",
+    },
 ]
 _BAD = [
     {"event": 3},
@@ -400,13 +420,16 @@ _BAD = [
     {"event": "sent", "tenant": 7},
     {"event": "sent", "campaign": ["a"]},
     {"event": "sent", "campaign": "c" * 5000},
-    {"event": "bounced", "smtp_code": "550"},
+    {"event": "bounced", "smtp_code": "55O"},
+    {"event": "bounced", "smtp_code": " 451 "},
+    {"event": "bounced", "smtp_code": "999"},
     {"event": "bounced", "smtp_code": True},
     {"event": "bounced", "smtp_code": 0},
     {"event": "bounced", "smtp_code": 999},
     {"event": "bounced", "smtp_code": 550.0},
     {"event": "bounced", "enhanced_code": "5.1"},
-    {"event": "bounced", "enhanced_code": ""},
+    {"event": "bounced", "enhanced_code": "5.1.1\n"},
+    {"event": "bounced", "enhanced_code": "5.\u0661.1"},
     {"event": "bounced", "enhanced_code": 5},
     {"event": "bounced", "response": "x" * 9000},
     {"event": "sent", "message_id": {"a": 1}},
@@ -415,7 +438,12 @@ _BAD = [
     {"event": "sent", "recipient": "x@bad domain.com"},
     {"event": "sent", "sender_domain": "not a domain"},
     {"event": "sent", "recipient_domain": 5},
-    {"event": "sent", "recipient_domain": ""},
+    {"event": "sent", "recipient": " ", "recipient_domain": ""},
+    {"event": "", "recipient": "a@gmail.com"},
+    {"event": "sent", "timestamp": ""},
+    {"event": "sent", "timestamp": "2026-11-22 00:20:00"},
+    {"event": "sent", "timestamp": "1795305600"},
+    {"event": "sent", "recipient": "x@bad domain.com", "recipient_domain": "gmail.com"},
     {"event": "sent", "mx_host": {"a": 1}, "response": "x" * 9000},
 ]
 _RAW_BAD = [b"{oops", b'"a string"', b"[1, 2]", b"\xff\xfe", b"", b"   ", b" " * ((1 << 20) + 1)]
@@ -435,13 +463,26 @@ def _messages(draw: st.DrawFn) -> list[bytes]:
             base["timestamp"] = ts
         elif "timestamp" not in base:
             base["timestamp"] = draw(
-                st.sampled_from([int(ts), "2026-11-22T00:10:00Z", "2026-11-22 00:20:00"])
+                st.sampled_from(
+                    [
+                        int(ts),
+                        "2026-11-22T00:10:00Z",
+                        "2026-11-22 00:20:00.5+01:00",
+                        "2026-11-22t00:30:00z",
+                        "2026-11-22T00:59:60Z",
+                        "2026-11-22 00:20:00",  # no offset: rejected
+                    ]
+                )
             )
         if "recipient" not in base and "recipient_domain" not in base and draw(st.booleans()):
             base["recipient"] = f"u{draw(st.integers(0, 5))}@gmail.com"
         if pick > 1 and draw(st.booleans()):
             base["response"] = f"421 4.7.0 try later [{draw(st.integers(0, 3))}]"
+        if pick > 1 and "message_id" not in base and draw(st.booleans()):
+            base["message_id"] = draw(st.sampled_from(["m-1", "m-2", "m-3", "", " "]))
         out.append(json.dumps(base).encode())
+        if out and draw(st.integers(0, 4)) == 0:  # a producer's redelivery of a line
+            out.append(draw(st.sampled_from(out)))
     return out
 
 
@@ -554,3 +595,539 @@ def test_typed_path_is_taken_for_clean_chunks_and_rests_after_refusals() -> None
     p.feed_many(clean)
     assert calls == 10
     assert p.stats.accepted == 10 + 3 * 11 + 65 * 10
+
+
+# ------------------------------------------------------------ the input contract, rule by rule
+
+
+def _both_ways(msgs: list[bytes], **kw: Any) -> tuple[Pipeline, list[tuple[int, Any]]]:
+    """Feed ``msgs`` one at a time and as one batch (with the strict typed decoder); both must
+    agree. Returns the one-at-a-time pipeline (not flushed) and its rejections."""
+    one = make(clock=lambda: BASE + 7200, **kw)
+    many = make(clock=lambda: BASE + 7200, typed_loads=typed_loads(), **kw)
+    want = [(i, r) for i, m in enumerate(msgs) if (r := one.feed(m)) is not None]
+    assert many.feed_many(msgs) == want
+    assert many.stats == one.stats
+    probe = make(clock=lambda: BASE + 7200, **kw)
+    probe.feed_many(msgs)
+    _deltas_equal(many.flush(), probe.flush())
+    return one, want
+
+
+def _raw(**fields: Any) -> bytes:
+    return json.dumps({"timestamp": BASE + 1, **fields}).encode()
+
+
+# rule 1: a blank optional string is exactly an absent field
+_BLANKS = ["", " ", "\t\n", "\u3000"]
+
+
+@pytest.mark.parametrize("blank", _BLANKS, ids=repr)
+@pytest.mark.parametrize(
+    ("field", "base"),
+    [
+        ("message_id", {"event": "sent", "recipient": "a@gmail.com"}),
+        ("recipient_domain", {"event": "sent", "recipient": "a@gmail.com"}),
+        ("recipient", {"event": "sent", "recipient_domain": "gmail.com"}),
+        ("sender_domain", {"event": "sent", "recipient": "a@gmail.com"}),
+        ("sending_ip", {"event": "sent", "recipient": "a@gmail.com"}),
+        ("pool", {"event": "sent", "recipient": "a@gmail.com"}),
+        ("tenant", {"event": "sent", "recipient": "a@gmail.com"}),
+        ("campaign", {"event": "sent", "recipient": "a@gmail.com"}),
+        ("mx_host", {"event": "sent", "recipient": "a@gmail.com"}),
+        ("smtp_code", {"event": "bounced", "recipient": "a@gmail.com", "response": "unknown"}),
+        ("enhanced_code", {"event": "bounced", "recipient": "a@gmail.com", "response": "x"}),
+        (
+            "enhanced_code",  # then taken from the reply text, as when absent
+            {"event": "bounced", "recipient": "a@gmail.com", "response": "550 5.1.1 unknown"},
+        ),
+        ("response", {"event": "deferred", "recipient": "a@gmail.com", "smtp_code": 451}),
+        ("feedback_type", {"event": "complained", "recipient": "a@gmail.com"}),
+    ],
+)
+def test_a_blank_optional_field_is_an_absent_one(
+    field: str, base: dict[str, Any], blank: str
+) -> None:
+    with_blank, _ = _both_ways([_raw(**base, **{field: blank})])
+    without, _ = _both_ways([_raw(**base)])
+    assert with_blank.stats == without.stats
+    assert with_blank.stats.accepted == 1
+    a, b = with_blank.flush(), without.flush()
+    _deltas_equal(a, b)
+    assert all(s.partition(":")[2] for s in a.scopes)  # no "tenant:", "pool:", ...
+
+
+def test_whitespace_tenant_pool_campaign_make_no_scope() -> None:
+    p, rej = _both_ways(
+        [_raw(event="sent", recipient="a@gmail.com", tenant="  ", pool="\t", campaign=" \n ")]
+    )
+    assert not rej
+    scopes = set(p.flush().scopes)
+    assert scopes == {"domain:gmail.com", "provider:google", "mx:google"}
+
+
+def test_blank_long_strings_are_absent_not_too_long() -> None:
+    p, rej = _both_ways(
+        [_raw(event="sent", recipient="a@gmail.com", campaign=" " * 5000, response=" " * 9000)]
+    )
+    assert not rej and p.stats.accepted == 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"event": "", "recipient": "a@gmail.com"}, "missing_field"),
+        ({"event": "  ", "recipient": "a@gmail.com"}, "missing_field"),
+        ({"event": "sent", "recipient": "a@gmail.com", "timestamp": ""}, "missing_field"),
+        ({"event": "sent", "recipient": "a@gmail.com", "timestamp": " "}, "missing_field"),
+        ({"event": "sent", "recipient": ""}, "missing_field"),
+        ({"event": "sent", "recipient": " ", "recipient_domain": "\t"}, "missing_field"),
+        ({"event": "sent", "recipient_domain": ""}, "missing_field"),
+    ],
+)
+def test_required_fields_stay_required_when_blank(fields: dict[str, Any], reason: str) -> None:
+    _, rej = _both_ways([_raw(**fields)])
+    assert [r.reason for _, r in rej] == [reason]
+
+
+# rule 1: recipient_domain and recipient
+@pytest.mark.parametrize(
+    ("recipient", "rdom", "scope", "mismatch"),
+    [
+        ("a@gmail.com", "gmail.com", "domain:gmail.com", 0),
+        ("a@Gmail.COM", "gmail.com.", "domain:gmail.com", 0),
+        (" a@gmail.com ", "GMAIL.com", "domain:gmail.com", 0),
+        ("a@bücher.de", "xn--bcher-kva.de", "domain:xn--bcher-kva.de", 0),
+        ("a@gmail.com", "yahoo.com", "domain:gmail.com", 1),  # the recipient's wins
+        ("a@gmail.com", "not a domain", "domain:gmail.com", 1),
+        ("a@x@gmail.com", "x@gmail.com", "domain:gmail.com", 1),
+        ("postmaster", "corp.example", "domain:corp.example", 0),  # no @: the field
+        ("", "corp.example", "domain:corp.example", 0),
+        ("a@gmail.com", "", "domain:gmail.com", 0),
+    ],
+)
+def test_the_recipient_domain_is_the_recipients_own(
+    recipient: str, rdom: str, scope: str, mismatch: int
+) -> None:
+    p, rej = _both_ways([_raw(event="sent", recipient=recipient, recipient_domain=rdom)])
+    assert not rej
+    assert p.stats.domain_mismatch == mismatch
+    d = p.flush()
+    assert [s for s in d.scopes if s.startswith("domain:")] == [scope]
+
+
+def test_a_recipient_with_a_bad_domain_is_rejected_even_with_recipient_domain() -> None:
+    _, rej = _both_ways(
+        [_raw(event="sent", recipient="x@bad domain.com", recipient_domain="a.com")]
+    )
+    assert [r.reason for _, r in rej] == ["bad_domain"]
+
+
+def test_a_blank_recipient_is_not_hashed() -> None:
+    p = make()
+    assert p.feed(_raw(event="delivered", recipient="  ", recipient_domain="corp.example")) is None
+    assert p._cols.rkey == [0]
+
+
+# rule 2: smtp_code as a digit string
+@pytest.mark.parametrize(
+    ("code", "reason", "seen"),
+    [
+        (451, None, 451),
+        ("451", None, 451),
+        ("250", None, 250),
+        ("", None, None),
+        ("  ", None, None),
+        ("999", "bad_code", None),
+        ("099", "bad_code", None),
+        (" 451 ", "wrong_type", None),
+        ("451\n", "wrong_type", None),
+        ("45", "wrong_type", None),
+        ("4510", "wrong_type", None),
+        ("4.5", "wrong_type", None),
+        ("\u0664\u0665\u0661", "wrong_type", None),  # Arabic-Indic digits
+        ("abc", "wrong_type", None),
+        (451.0, "wrong_type", None),
+        (True, "wrong_type", None),
+    ],
+    ids=repr,
+)
+def test_smtp_code_integer_or_three_digits(code: Any, reason: str | None, seen: Any) -> None:
+    got: list[Any] = []
+
+    class Spy(TableClassifier):
+        def classify_normalized(self, smtp_code, enhanced_code, text, provider=None, operator=None):  # type: ignore[no-untyped-def]
+            got.append(smtp_code)
+            return super().classify_normalized(smtp_code, enhanced_code, text, provider, operator)
+
+    msg = _raw(event="deferred", recipient="a@gmail.com", smtp_code=code, response="try later")
+    _, rej = _both_ways([msg])
+    assert [r.reason for _, r in rej] == ([reason] if reason else [])
+    p = make(Spy())
+    p.feed(msg)
+    assert got == ([] if reason else [seen])
+
+
+# rule 3: timestamps
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2026-11-22T00:00:00Z", BASE),
+        ("2026-11-22t00:00:00z", BASE),
+        ("2026-11-22 00:00:00Z", BASE),  # RFC 3339 section 5.6, by agreement
+        ("2026-11-22T00:00:00.25Z", BASE + 0.25),
+        ("2026-11-22T00:00:00.123456789Z", BASE + 0.123456),
+        ("2026-11-22T01:00:00+01:00", BASE),
+        ("2026-11-21T19:00:00-05:00", BASE),
+        ("2026-11-22T00:00:00-00:00", BASE),
+        ("2026-11-21T23:59:60Z", BASE - 1 + 0.999999),  # a leap second
+        ("2026-11-21T23:59:60.5Z", BASE - 1 + 0.999999),
+        (BASE, BASE),
+        (int(BASE), BASE),
+    ],
+)
+def test_rfc3339_timestamps_accepted(value: Any, expected: float) -> None:
+    assert parse_timestamp(value) == pytest.approx(expected, abs=1e-6)
+    p, rej = _both_ways([_raw(event="sent", recipient="a@gmail.com", timestamp=value)])
+    assert not rej
+    assert p.pending_timestamps()[0] == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2026-11-22",  # a date alone
+        "20261122T000000Z",  # ISO 8601 basic format
+        "2026-W47-7T00:00:00Z",  # an ISO week date
+        "2026-326T00:00:00Z",  # an ordinal date
+        "2026-11-22T00:00:00",  # no offset: ambiguous
+        "2026-11-22 00:00:00",
+        "2026-11-22T00:00Z",  # no seconds
+        "2026-11-22T00:00:00+0100",  # offset without colon
+        "2026-11-22T00:00:00+01",
+        "2026-11-22T00:00:00+24:00",
+        "2026-11-22T00:00:00+01:60",
+        "2026-11-22T24:00:00Z",
+        "2026-11-22T00:60:00Z",
+        "2026-11-22T00:00:61Z",
+        "2026-02-30T00:00:00Z",
+        "2026-13-01T00:00:00Z",
+        "2026-11-22T00:00:00.Z",
+        " 2026-11-22T00:00:00Z",
+        "2026-11-22T00:00:00Z\n",
+        "2026-11-22T00:00:00\u0660Z",
+        "1795305600",  # a number in a string
+        "1795305600.5",
+        "yesterday",
+    ],
+)
+def test_other_timestamp_strings_are_bad_timestamp(value: str) -> None:
+    _, rej = _both_ways([_raw(event="sent", recipient="a@gmail.com", timestamp=value)])
+    assert [r.reason for _, r in rej] == ["bad_timestamp"]
+
+
+def test_timestamp_range_and_skew_still_apply_to_strings() -> None:
+    _, rej = _both_ways(
+        [
+            _raw(event="sent", recipient="a@gmail.com", timestamp="1999-12-31T23:59:59Z"),
+            _raw(event="sent", recipient="a@gmail.com", timestamp="2026-12-22T00:00:00Z"),
+        ]
+    )
+    assert [(i, r.reason) for i, r in rej] == [(0, "bad_timestamp"), (1, "bad_timestamp")]
+
+
+# rule 4: enhanced codes
+@pytest.mark.parametrize(
+    ("code", "ok"),
+    [
+        ("5.1.1", True),
+        ("4.7.28", True),
+        ("2.0.0", True),
+        ("5.123.123", True),
+        ("5.1.1\n", False),
+        ("5.1.1 ", False),
+        (" 5.1.1", False),
+        ("5.\u0661.1", False),  # an Arabic-Indic digit
+        ("5.\uff11.1", False),  # a full-width digit
+        ("6.1.1", False),
+        ("5.1", False),
+        ("5.1234.1", False),
+    ],
+    ids=repr,
+)
+def test_enhanced_codes_are_ascii_and_whole(code: str, ok: bool) -> None:
+    _, rej = _both_ways([_raw(event="bounced", recipient="a@gmail.com", enhanced_code=code)])
+    assert [r.reason for _, r in rej] == ([] if ok else ["bad_code"])
+
+
+def test_enhanced_code_from_the_reply_text_is_ascii() -> None:
+    seen: list[Any] = []
+
+    class Spy(TableClassifier):
+        def classify_normalized(self, smtp_code, enhanced_code, text, provider=None, operator=None):  # type: ignore[no-untyped-def]
+            seen.append(enhanced_code)
+            return super().classify_normalized(smtp_code, enhanced_code, text, provider, operator)
+
+    p = make(Spy())
+    p.feed(_raw(event="bounced", recipient="a@gmail.com", response="550 5.\u0661.1 unknown"))
+    p.feed(_raw(event="bounced", recipient="b@gmail.com", response="550 5.1.1 unknown"))
+    assert seen == [None, "5.1.1"]
+
+
+# rule 5: duplicates
+_DUP = {
+    "event": "deferred",
+    "recipient": "a@gmail.com",
+    "message_id": "m-1",
+    "smtp_code": 451,
+    "enhanced_code": "4.7.1",
+    "response": "451 4.7.1 try later",
+}
+
+
+@pytest.mark.parametrize(
+    ("second", "dropped"),
+    [
+        ({}, True),  # the same event again
+        ({"smtp_code": "451"}, True),  # the same code, spelled as a string
+        ({"timestamp": "2026-11-22T00:00:01Z"}, True),  # the same time, spelled as RFC 3339
+        ({"tenant": "other", "x_vendor": 1}, True),  # fields outside the key do not matter
+        ({"event": "delivered", "smtp_code": 250, "response": "250 ok"}, False),  # a retry
+        ({"event": "bounced"}, False),  # another kind
+        ({"timestamp": BASE + 2}, False),
+        ({"smtp_code": 452}, False),
+        ({"enhanced_code": "4.7.0"}, False),
+        ({"enhanced_code": None}, False),
+        ({"response": "451 4.7.1 try again later"}, False),
+        ({"message_id": "m-2"}, False),
+    ],
+    ids=repr,
+)
+def test_duplicates_are_counted_once(second: dict[str, Any], dropped: bool) -> None:
+    first = _raw(**_DUP)
+    again = json.dumps(
+        {k: v for k, v in {"timestamp": BASE + 1, **_DUP, **second}.items() if v is not None}
+    ).encode()
+    for msgs in ([first, again], [first, _raw(event="sent", recipient="b@gmail.com"), again]):
+        p, rej = _both_ways(msgs)
+        assert not rej
+        assert p.stats.duplicates == int(dropped)
+        assert p.stats.accepted == len(msgs) - int(dropped)
+        assert p.pending() == p.stats.accepted
+    # across batches and flushes too
+    q = make(typed_loads=typed_loads())
+    q.feed_many([first])
+    q.flush()
+    q.feed_many([again])
+    assert q.stats.duplicates == int(dropped)
+
+
+@pytest.mark.parametrize("mid", [None, "", "  "], ids=repr)
+def test_events_without_message_id_are_never_duplicates(mid: Any) -> None:
+    fields = {k: v for k, v in {**_DUP, "message_id": mid}.items() if v is not None}
+    p, _ = _both_ways([_raw(**fields)] * 3)
+    assert p.stats.duplicates == 0 and p.stats.accepted == 3
+
+
+def test_retries_and_the_dsn_after_a_250_are_not_duplicates() -> None:
+    """One message: deferred twice (a retry), delivered, then bounced by a DSN."""
+    mid = {"recipient": "a@corp.example", "message_id": "m-9"}
+    msgs = [
+        _raw(event="sent", **mid),
+        _raw(event="deferred", smtp_code=451, response="451 4.7.1 later", **mid),
+        json.dumps(
+            {"event": "deferred", "timestamp": BASE + 301, "smtp_code": 451, **mid}
+            | {"response": "451 4.7.1 later"}
+        ).encode(),
+        json.dumps(
+            {"event": "delivered", "timestamp": BASE + 900, "smtp_code": 250, **mid}
+        ).encode(),
+        json.dumps(
+            {"event": "bounced", "timestamp": BASE + 960, "response": "550 5.1.1 unknown", **mid}
+        ).encode(),
+    ]
+    p, rej = _both_ways(msgs + msgs)  # and the whole log redelivered
+    assert not rej
+    assert p.stats.accepted == 5 and p.stats.duplicates == 5
+    t = p.flush().totals("domain:corp.example")
+    assert t[COL["deferred"]] == 2 and t[COL["delivered"]] == 1 and t[COL["bounced"]] == 1
+
+
+def test_the_duplicate_window_is_bounded() -> None:
+    """At most ``dedupe_keys`` keys are held; a repeat within 7/8 of them is still caught."""
+    p = make(dedupe_keys=16)
+
+    def msg(i: int) -> bytes:
+        return _raw(event="sent", recipient="a@gmail.com", message_id=f"m-{i}")
+
+    for i in range(14):
+        p.feed(msg(i))
+    p.feed(msg(0))
+    assert p.stats.duplicates == 1  # 13 keys later: remembered
+    for i in range(14, 100):
+        p.feed(msg(i))
+    assert len(p.dedupe) <= 16
+    p.feed(msg(1))
+    assert p.stats.duplicates == 1  # 98 keys later: forgotten, counted again
+    off = make(dedupe_keys=0)
+    off.feed(msg(0))
+    off.feed(msg(0))
+    assert off.stats.duplicates == 0 and off.stats.accepted == 2
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1), st.integers(0, 40))),
+    st.integers(1, 40),
+    st.integers(0, 50),
+)
+def test_recent_keys_batched_equals_one_at_a_time(
+    keys: list[int | None], batch: int, capacity: int
+) -> None:
+    from models.ingest.recent import RecentKeys
+
+    a, b = RecentKeys(capacity), RecentKeys(capacity)
+    one = [i for i, k in enumerate(keys) if a.seen([k])]
+    many = []
+    for s in range(0, len(keys), batch):
+        many += [s + j for j in b.seen(keys[s : s + batch])]
+    assert one == many
+    assert len(a) == len(b) <= -(-capacity // 8) * 8  # capacity, rounded up to generations
+    # without forgetting (a window larger than the input) it is exactly "seen before"
+    c = RecentKeys(8 * (len(keys) + 1))
+    firsts: set[int] = set()
+    want = []
+    for i, k in enumerate(keys):
+        if k is not None:
+            if k in firsts:
+                want.append(i)
+            firsts.add(k)
+    assert c.seen(keys) == want
+
+
+def test_duplicates_are_exported_and_shown() -> None:
+    from prometheus_client import generate_latest
+
+    from streams.worker.metrics import Metrics
+
+    m = Metrics()
+    p = make()
+    p.feed_many([_raw(**_DUP)] * 3)
+    m.observe_pipeline(0, p, p.flush())
+    m.observe_pipeline(0, p, p.flush())  # cumulative: counted once
+    text = generate_latest(m.registry).decode()
+    assert "repmon_events_duplicate_total 2.0" in text
+    # and in /status
+    from models.classify.classifier import Classifier
+    from models.detect.monitor import Monitor
+    from streams.worker.app import WorkerState, status_document
+    from streams.worker.settings import Settings
+
+    state = WorkerState(settings=Settings(), classifier=Classifier(), metrics=m, monitor=Monitor())
+    state.pipeline(0).feed_many([_raw(**_DUP)] * 2)
+    state.pipeline(1).feed_many([_raw(**_DUP)] * 3)
+    ingest = status_document(state)["ingest"]
+    assert ingest["duplicates"] == 3 and ingest["accepted"] == 2
+
+
+# rule 6: known good means delivered in an earlier, other message
+def _uu(kind: str, rcpt: str, mid: str | None, ts: float) -> bytes:
+    fields: dict[str, Any] = {"event": kind, "timestamp": ts, "recipient": rcpt}
+    if mid is not None:
+        fields["message_id"] = mid
+    if kind == "bounced":
+        fields["response"] = "550 5.1.1 user unknown"
+    return json.dumps(fields).encode()
+
+
+R = "bob@corp.example"
+
+
+@pytest.mark.parametrize(
+    ("events", "known_good"),
+    [
+        # the same message's DSN after its 250: not known good
+        ([("delivered", R, "A"), ("bounced", R, "A")], 0),
+        # delivered in A, then user unknown in B: known good
+        ([("delivered", R, "A"), ("bounced", R, "B")], 1),
+        # the bounce before the delivery: the later delivery vouches for nothing before it
+        ([("bounced", R, "B"), ("delivered", R, "A")], 0),
+        ([("bounced", R, "A"), ("delivered", R, "A"), ("bounced", R, "A")], 0),
+        # delivered in A and in B: B's DSN is known good (A was delivered)
+        ([("delivered", R, "A"), ("delivered", R, "B"), ("bounced", R, "B")], 1),
+        ([("delivered", R, "A"), ("delivered", R, "A"), ("bounced", R, "A")], 0),
+        # without message ids: another message than every other
+        ([("delivered", R, None), ("bounced", R, "A")], 1),
+        ([("delivered", R, "A"), ("bounced", R, None)], 1),
+        ([("delivered", R, None), ("bounced", R, None)], 1),
+        # another recipient's delivery vouches for nothing
+        ([("delivered", "eve@corp.example", "A"), ("bounced", R, "B")], 0),
+        # two bounces after one delivery: only the other message's
+        ([("delivered", R, "A"), ("bounced", R, "A"), ("bounced", R, "B")], 1),
+    ],
+)
+@pytest.mark.parametrize("flush_after", ["never", "each", "first"])
+def test_known_good_means_delivered_in_another_earlier_message(
+    events: list[tuple[str, str, str | None]], known_good: int, flush_after: str
+) -> None:
+    msgs = [_uu(k, r, m, BASE + 10 * i) for i, (k, r, m) in enumerate(events)]
+    totals = np.zeros(len(COLUMNS), dtype=np.int64)
+    for path in ("one", "many"):
+        p = make(typed_loads=typed_loads())
+        totals[:] = 0
+        for i, m in enumerate(msgs):
+            if path == "one":
+                assert p.feed(m) is None
+            if flush_after == "each" or (flush_after == "first" and i == 0):
+                if path == "many":
+                    p.feed_many(msgs[i : i + 1])
+                totals += p.flush().totals("domain:corp.example")
+        if path == "many" and flush_after == "never":
+            assert p.feed_many(msgs) == []
+        elif path == "many" and flush_after == "first":
+            p.feed_many(msgs[1:])
+        totals += p.flush().totals("domain:corp.example")
+        assert totals[COL["user_unknown_known_good"]] == known_good, path
+        assert totals[COL["user_unknown"]] == sum(k == "bounced" for k, _, _ in events)
+
+
+def test_known_good_survives_the_move_to_the_bloom_filter() -> None:
+    """A delivery that leaves the recent map (full) still vouches for other messages; the
+    documented limit: by then the same message's DSN counts as known good too."""
+    p = make(recent_deliveries=8)
+    p.feed(_uu("delivered", R, "A", BASE))
+    p.flush()
+    for i in range(200):  # push it out of the 8-entry map
+        p.feed(_uu("delivered", f"u{i}@corp.example", f"X{i}", BASE + 1))
+    p.flush()
+    assert p.recent.lookup(np.asarray([_rkey(R)], dtype=np.uint64))[0].tolist() == [False]
+    p.feed(_uu("bounced", R, "B", BASE + 2))
+    p.feed(_uu("bounced", R, "A", BASE + 3))
+    t = p.flush().totals("domain:corp.example")
+    assert t[COL["user_unknown_known_good"]] == 2
+
+
+def _rkey(address: str) -> int:
+    return int.from_bytes(hashlib.sha256(address.strip().lower().encode()).digest()[:8], "little")
+
+
+def test_recent_deliveries_table() -> None:
+    from models.ingest.recent import ANY_MESSAGE, WAYS, RecentDeliveries
+
+    r = RecentDeliveries(64)
+    assert r.capacity == 64
+    keys = np.asarray([5, 5, 7, 9], dtype=np.uint64)
+    out = r.add(keys, np.asarray([11, 11, 12, 0], dtype=np.uint32))
+    assert len(out) == 0
+    found, val = r.lookup(np.asarray([5, 7, 9, 13], dtype=np.uint64))
+    assert found.tolist() == [True, True, True, False]
+    assert val[:3].tolist() == [11, 12, ANY_MESSAGE]
+    r.add(np.asarray([7], dtype=np.uint64), np.asarray([13], dtype=np.uint32))
+    assert r.lookup(np.asarray([7], dtype=np.uint64))[1].tolist() == [ANY_MESSAGE]
+    # one set full: the oldest way goes out first
+    sets = r.capacity // WAYS
+    same_set = [np.uint64(1 + sets * i) for i in range(1, WAYS + 2)]
+    evicted = []
+    for k in same_set:
+        evicted += r.add(np.asarray([k], dtype=np.uint64), np.ones(1, dtype=np.uint32)).tolist()
+    assert evicted == [same_set[0]]

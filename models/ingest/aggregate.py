@@ -1,16 +1,18 @@
 """The per-tick half of the ingest Pipeline: pending columns -> ``Deltas``.
 
 Accepted events wait as a handful of integers in :class:`Columns`. Once per tick
-:func:`aggregate` turns them into numpy arrays and, in bulk: remembers delivered recipients in
-the known-good Bloom filter and looks up the unknown-user bounces, counts per (scope
-combination, event-time bucket, column), then fans the counts out to the eight scope
+:func:`aggregate` turns them into numpy arrays and, in bulk: decides which unknown-user bounces
+are to known-good recipients and remembers the deliveries (:func:`known_good`), counts per
+(scope combination, event-time bucket, column), then fans the counts out to the eight scope
 dimensions (docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import NDArray
 
+from models.ingest.recent import ANY_MESSAGE, RecentDeliveries
 from models.ingest.replies import ReplyTable
 from models.ingest.scopes import N_DIMS, ScopeTable
 from models.schema import (
@@ -34,7 +36,7 @@ _REASON_AUTH = REASON_CODE["authfailure"]
 class Columns:
     """The accepted events not flushed yet, one list per column, in feed order."""
 
-    __slots__ = ("cls", "combo", "kind", "reason", "reply", "rkey", "ts")
+    __slots__ = ("cls", "combo", "kind", "mid", "reason", "reply", "rkey", "ts")
 
     def split(self, k: int) -> Columns:
         """Keep the first ``k`` rows here; return the others as new columns."""
@@ -53,6 +55,8 @@ class Columns:
         self.rkey: list[int] = []
         self.reply: list[int] = []
         self.combo: list[int] = []
+        #: hash of the message id (0: none)
+        self.mid: list[int] = []
 
 
 def aggregate(
@@ -62,6 +66,7 @@ def aggregate(
     scopes: ScopeTable,
     replies: ReplyTable,
     bloom: RotatingBloom,
+    recent: RecentDeliveries,
     watermark: float,
 ) -> Deltas:
     """The Deltas of the events in ``c`` (counts per scope, bucket and column, top replies)."""
@@ -80,15 +85,15 @@ def aggregate(
     combo_scopes = scopes.combo_array()
     bucket = (np.floor(ts / bucket_s) * bucket_s).astype(np.int64)
 
-    # known-good memory: remember delivered recipients, then look up unknown-user bounces
-    delivered = (kind == _KIND_DELIVERED) & (rkey != 0)
-    if delivered.any():
-        bloom.add(rkey[delivered])
     uu = (reason == _REASON_USERUNKNOWN) & ((kind == _KIND_BOUNCED) | (kind == _KIND_REJECTED))
-    known_good = np.zeros(n, dtype=np.bool_)
-    if uu.any():
-        idx = np.flatnonzero(uu & (rkey != 0))
-        known_good[idx] = bloom.contains(rkey[idx])
+    known_good = known_good_bounces(
+        kind == _KIND_DELIVERED,
+        uu,
+        rkey,
+        np.asarray(c.mid, dtype=np.int64).astype(np.uint32),
+        bloom,
+        recent,
+    )
 
     # (event, column) increments
     ev_parts = [np.arange(n)]
@@ -139,3 +144,55 @@ def aggregate(
         replies=top,
         watermark=watermark,
     )
+
+
+def known_good_bounces(
+    delivered: NDArray[np.bool_],
+    uu: NDArray[np.bool_],
+    rkey: NDArray[np.uint64],
+    msg: NDArray[np.uint32],
+    bloom: RotatingBloom,
+    recent: RecentDeliveries,
+) -> NDArray[np.bool_]:
+    """Which unknown-user bounces (``uu``) of a tick are to known-good recipients; then
+    remembers the tick's deliveries. Rows in feed order; ``msg``: 32-bit hash of the message
+    id (0: none).
+
+    A bounce of recipient R in message M is known good when R was delivered before it (in
+    feed order) in a message other than M: R is in the Bloom filter (delivered long ago), or
+    in ``recent`` with another message (or several, or one without an id), or delivered
+    earlier in this tick in another message. A bounce without a message id counts as another
+    message than every delivery. A delivery enters the Bloom filter only when it leaves
+    ``recent``, so the same message's DSN after its 250 is not known good (docs/events.md).
+    """
+    n = len(rkey)
+    known_good = np.zeros(n, dtype=np.bool_)
+    delivered = delivered & (rkey != 0)
+    idx = np.flatnonzero(uu & (rkey != 0))
+    if len(idx):
+        bk, bm = rkey[idx], msg[idx]
+        kg = bloom.contains(bk)
+        found, val = recent.lookup(bk)
+        kg |= found & ((val != bm) | (bm == ANY_MESSAGE))
+        # deliveries of the same recipients earlier in this tick, in feed order
+        didx = np.flatnonzero(delivered)
+        didx = didx[np.isin(rkey[didx], bk)]
+        if len(didx):
+            last: dict[int, int] = {}
+            rk, ms, dl = rkey.tolist(), msg.tolist(), delivered.tolist()
+            earlier: list[bool] = []
+            for j in np.union1d(idx, didx).tolist():
+                k, m = rk[j], ms[j]
+                if dl[j]:
+                    prev = last.get(k)
+                    last[k] = m if prev is None or prev == m else ANY_MESSAGE
+                else:
+                    v = last.get(k)
+                    earlier.append(v is not None and (v != m or m == ANY_MESSAGE))
+            kg |= np.asarray(earlier, dtype=np.bool_)
+        known_good[idx] = kg
+    if delivered.any():
+        out = recent.add(rkey[delivered], msg[delivered])
+        if len(out):
+            bloom.add(out)
+    return known_good

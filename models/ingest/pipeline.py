@@ -4,10 +4,12 @@ One ``Pipeline`` per input partition (worker) or per replay. ``feed_many`` (a ba
 and ``feed`` / ``feed_obj`` (one) decode, then check the events with the rules of
 :mod:`models.ingest.validate` (one implementation: a single event is checked as a chunk of
 one), hash the recipients, look up the scope combinations (:mod:`models.ingest.scopes`) and
-classify the replies through caches (:mod:`models.ingest.replies`), and append a handful of
+classify the replies through caches (:mod:`models.ingest.replies`), drop the repeats of events
+accepted shortly before (:class:`models.ingest.recent.RecentKeys`), and append a handful of
 integers per accepted event to column lists. ``flush`` turns the columns into numpy arrays once
-per tick and aggregates them into ``Deltas`` (:mod:`models.ingest.aggregate`). The contract of
-the input is docs/events.md.
+per tick and aggregates them into ``Deltas`` (:mod:`models.ingest.aggregate`), deciding which
+unknown-user bounces are to known-good recipients on the way. The contract of the input is
+docs/events.md.
 
 Pure logic: standard library and numpy only. The JSON decoder is injectable (``loads``) so the
 worker can pass a faster one; the default is :func:`json.loads`.
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
 from operator import methodcaller
@@ -28,6 +30,7 @@ from numpy.typing import NDArray
 
 from models.ingest.aggregate import Columns, aggregate
 from models.ingest.providers import ProviderResolver
+from models.ingest.recent import RecentDeliveries, RecentKeys
 from models.ingest.replies import (
     REPLIES_PER_SCOPE,
     ClassificationLike,
@@ -98,6 +101,12 @@ class PipelineStats:
     rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECTION_REASONS, 0))
     unknown_fields: int = 0
     by_kind: list[int] = field(default_factory=lambda: [0] * len(EVENT_KIND_CODE))
+    #: valid events dropped as repeats of one accepted shortly before (neither accepted nor
+    #: rejected; docs/events.md, "Duplicates")
+    duplicates: int = 0
+    #: accepted events whose recipient_domain named another domain than the recipient's (the
+    #: recipient's was used)
+    domain_mismatch: int = 0
 
 
 @dataclass(slots=True)
@@ -111,6 +120,12 @@ class _Batch:
     rkey: list[int]
     reply: list[int]
     combo: list[Any]
+    #: hash of the message id (0: none)
+    mid: list[int]
+    #: the duplicate key per row (None: never a duplicate); None: no row has one
+    dkey: list[Any] | None
+    #: rows whose recipient_domain disagreed with the recipient
+    mismatch: list[int]
 
 
 def _first(t: tuple[int, Rejection]) -> int:
@@ -125,7 +140,12 @@ def _default_classifier() -> ClassifierLike:
 
 
 class Pipeline:
-    """Per-partition ingest state. Not thread-safe; one per worker partition or replay."""
+    """Per-partition ingest state. Not thread-safe; one per worker partition or replay.
+
+    ``dedupe_keys``: how many distinct event keys the duplicate check remembers (0: none);
+    ``recent_deliveries``: how many recipients the known-good memory keeps with the message
+    they were delivered in before they go to the Bloom filter (docs/events.md).
+    """
 
     def __init__(
         self,
@@ -139,6 +159,8 @@ class Pipeline:
         loads: Callable[[bytes], Any] = json.loads,
         normalize: Callable[[str], str] | None = None,
         typed_loads: Callable[[bytes], Any] | None = None,
+        dedupe_keys: int = 200_000,
+        recent_deliveries: int = 1 << 19,
     ) -> None:
         self.classifier = classifier if classifier is not None else _default_classifier()
         if normalize is None:
@@ -150,6 +172,10 @@ class Pipeline:
         self.max_future_skew_s = max_future_skew_s
         self.resolver = resolver or ProviderResolver()
         self.bloom = bloom or RotatingBloom()
+        #: deliveries too recent for the Bloom filter, with their message (known-good)
+        self.recent = RecentDeliveries(recent_deliveries)
+        #: the keys of the events accepted last (duplicates); 0 keys: no de-duplication
+        self.dedupe = RecentKeys(dedupe_keys)
         self._loads = loads
         #: optional strict decoder for feed_many (see there); after repeated failures it rests
         self._typed_loads = typed_loads
@@ -344,6 +370,7 @@ class Pipeline:
             skew=skew,
             combo_cache=self._scopes.combos,
             resolve=self._scopes.resolve,
+            domain=self._scopes.domain,
         )
         return checked, self._accept(checked, len(objs))
 
@@ -389,11 +416,54 @@ class Pipeline:
                     scopes.combo_scopes[c],
                     scopes.combo_provider[c],
                 )
-        return _Batch(kinds, ch.ts, cls, reason, rkeys, reply, combos)
+        # message ids: the duplicate key of each row that has one, and the message's hash
+        mids = ch.message_ids
+        dkey: list[Any] | None = None
+        mid = [0] * n
+        if mids.count(None) < n:
+            fields = (mids, kinds, ch.ts, codes, enhs, texts)
+            if bad or None in mids:
+                rows = [j for j, m in enumerate(mids) if m is not None and j not in bad]
+                dkey = [None] * n
+                picked = zip(*[map(f.__getitem__, rows) for f in fields], strict=True)
+                for j, h in zip(rows, map(hash, picked), strict=True):
+                    dkey[j] = h
+                    mid[j] = hash(mids[j])
+            else:
+                dkey = list(map(hash, zip(*fields, strict=True)))
+                mid = list(map(hash, mids))
+        return _Batch(
+            kinds, ch.ts, cls, reason, rkeys, reply, combos, mid, dkey, ch.domain_mismatch
+        )
 
     def _append(self, b: _Batch, start: int, stop: int) -> None:
+        """Count rows ``start:stop`` of a checked chunk (none rejected), in order, except the
+        duplicates."""
         if stop <= start:
             return
+        if b.dkey is not None:
+            dups = self.dedupe.seen(b.dkey[start:stop])
+            if dups:
+                self.stats.duplicates += len(dups)
+                gone = {start + j for j in dups}
+                rows = [j for j in range(start, stop) if j not in gone]
+                self._count_mismatch(b, start, stop, gone)
+                for i, j in enumerate(rows):  # the runs between duplicates
+                    if i == 0 or rows[i - 1] != j - 1:
+                        k = i
+                    if i + 1 == len(rows) or rows[i + 1] != j + 1:
+                        self._extend(b, rows[k], j + 1)
+                return
+        self._count_mismatch(b, start, stop, ())
+        self._extend(b, start, stop)
+
+    def _count_mismatch(self, b: _Batch, start: int, stop: int, gone: Collection[int]) -> None:
+        if b.mismatch:
+            self.stats.domain_mismatch += sum(
+                1 for j in b.mismatch if start <= j < stop and j not in gone
+            )
+
+    def _extend(self, b: _Batch, start: int, stop: int) -> None:
         c = self._cols
         kinds = b.kind[start:stop]
         c.kind.extend(kinds)
@@ -404,6 +474,7 @@ class Pipeline:
         c.rkey.extend(b.rkey[start:stop])
         c.reply.extend(b.reply[start:stop])
         c.combo.extend(b.combo[start:stop])
+        c.mid.extend(b.mid[start:stop])
         self.stats.accepted += stop - start
         by_kind = self.stats.by_kind
         if stop - start <= 8:
@@ -447,6 +518,7 @@ class Pipeline:
             scopes=self._scopes,
             replies=self._replies,
             bloom=self.bloom,
+            recent=self.recent,
             watermark=watermark,
         )
         if c.ts and not self._cols.ts:

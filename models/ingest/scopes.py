@@ -3,7 +3,7 @@
 An event's scope fields (recipient domain, MX host, IP, pool, sender, tenant, campaign) form a
 *combination*. Each distinct combination is checked once (:func:`validate.check_combo`) and
 mapped to an id whose row in :meth:`ScopeTable.combo_array` holds the ids of its eight scopes
-(``domain:``, ``provider:``, ``mx:``, ``ip:``, ...; -1 where the field is empty), so that an
+(``domain:``, ``provider:``, ``mx:``, ``ip:``, ...; -1 where the field is absent or blank), so that an
 event costs one dict lookup and no string operation.
 """
 
@@ -46,14 +46,16 @@ class ScopeTable:
         self._combo_len = 0  # rows of _combo_arr in use
 
     def resolve(self, key: tuple[Any, ...]) -> int | Rejection:
-        """Check a new combination and give it an id (or cache its rejection)."""
-        rdomain, mx_host, ip, pool, sender, tenant, campaign = key
+        """Check a new combination and give it an id (or cache its rejection); ``key`` as
+        gathered, its cache entry too."""
         checked = check_combo(key, self.domain)
         res: int | Rejection
         if isinstance(checked, Rejection):
             res = checked
         else:
-            dom, sdom = checked
+            # blank values are None from here on: no scope, no empty scope name
+            clean, dom, sdom = checked
+            rdomain, mx_host, ip, pool, sender, tenant, campaign = clean
             # scope ids of the (domain, MX) part and of the sending part, each cached: a new
             # combination of known parts costs two lookups. Ids are given in dimension order,
             # only to valid combinations, as one pass over the eight dimensions would.

@@ -7,13 +7,14 @@ column, in the order of docs/events.md, and gives every rejected row the rejecti
 rule it fails.
 
 Every rule is a function of one value (``event_kind``, ``check_timestamp``, ``check_string``,
-``check_smtp_code``, ``check_enhanced_code``, ``recipient_domain_of``, ``check_combo``), and
-that function alone decides whether the value passes and why not. The column functions beside
-them (``event_kinds``, ``event_times``, ...) ask it about every value that is not plainly fine
-(a string within the limit, a number within the time range, ...), and skip the per-value calls
-when a whole column is plainly fine. Whether a value is plainly fine depends on that value
-alone, so a row's verdict never depends on the rows beside it: a chunk of one decides exactly
-like a chunk of 512.
+``smtp_code``, ``check_enhanced_code``, ``event_domain``, ``check_combo``; ``is_blank`` for
+"an empty or whitespace-only string is absent"), and that function alone decides whether the
+value passes, why not, and what it becomes. The column functions beside them
+(``event_kinds``, ``event_times``, ...) ask it about every value that is not plainly fine (a
+string within the limit, a number within the time range, a recipient ending in ``@`` and its
+recipient_domain, ...), and skip the per-value calls when a whole column is plainly fine.
+Whether a value is plainly fine depends on that value alone, so a row's verdict never depends
+on the rows beside it: a chunk of one decides exactly like a chunk of 512.
 
 Pure logic: standard library only.
 """
@@ -25,9 +26,9 @@ import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from itertools import chain, repeat
-from operator import attrgetter, methodcaller
+from datetime import datetime
+from itertools import chain, compress, repeat
+from operator import attrgetter, itemgetter, methodcaller, not_
 from typing import Any
 
 from models.schema import EVENT_KIND_CODE
@@ -82,8 +83,18 @@ REJECTION_REASONS = (
 _DOMAIN_RE = re.compile(
     r"^(?=.{1,253}$)([a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?)(\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?)+$"
 )
-_ENH_RE = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
-_LEADING_ENH_RE = re.compile(r"^\s*(?:[2-5]\d\d[ -])?\s*([245]\.\d{1,3}\.\d{1,3})\b")
+#: RFC 3463 enhanced status code: ASCII digits, nothing after (``$`` would allow a newline)
+_ENH_RE = re.compile(r"\A[245]\.[0-9]{1,3}\.[0-9]{1,3}\Z")
+_LEADING_ENH_RE = re.compile(r"\A\s*(?:[2-5][0-9][0-9][ -])?\s*([245]\.[0-9]{1,3}\.[0-9]{1,3})\b")
+#: an RFC 3339 date-time (section 5.6): full date, ``T``/``t`` or a space, full time with
+#: optional fraction, and ``Z``/``z`` or a numeric offset; nothing before or after
+_RFC3339_RE = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+)
+#: where a leap second (``:60``) is counted: the end of the second before it
+_LEAP_FRACTION = 0.999999
+_SMTP_CODE_RE = re.compile(r"[0-9]{3}")
 
 _NUMBER_TYPES = frozenset({float, int})
 _OPT_STR_TYPES = frozenset({str, type(None)})
@@ -91,6 +102,10 @@ _OPT_INT_TYPES = frozenset({int, type(None)})
 _NONE_TYPE = type(None)
 _STR_TYPE = frozenset({str})
 _INT_TYPE = frozenset({int})
+#: the fields of EVENT_STR_FIELDS whose blank values check_rows replaces with None here
+#: (enhanced codes: per distinct value; recipients: with their domain; feedback_type: unused,
+#: a blank one passes like an absent one)
+_CLEARED_FIELDS = ("message_id", "response")
 #: the fields of EVENT_STR_FIELDS limited to MAX_FIELD_CHARS
 _SHORT_STR_FIELDS = tuple(f for f in EVENT_STR_FIELDS if f != "response")
 _LIMIT = {
@@ -168,7 +183,7 @@ def _ask(
 
 def event_kind(value: object) -> int | Rejection:
     """The kind code of an ``event`` value."""
-    if value is None:
+    if value is None or is_blank(value):
         return Rejection("missing_field", "event")
     if not isinstance(value, str):
         return Rejection("wrong_type", "event must be a string")
@@ -195,8 +210,34 @@ def event_kinds(events: list[Any], rejected: dict[int, Rejection]) -> list[Any]:
     return kinds
 
 
+def parse_rfc3339(value: str) -> float:
+    """Epoch seconds of an RFC 3339 date-time (docs/events.md); raises InvalidEvent.
+
+    Exactly RFC 3339 section 5.6: ``T`` or ``t`` (or, by the agreement the section allows, a
+    space) between date and time, an optional fraction of a second, ``Z``/``z`` or a numeric
+    offset. A leap second (``:60``) counts at the end of the second before it. Refused: no
+    offset (ambiguous), a date alone, the ISO 8601 basic format and week dates, surrounding
+    whitespace, a number in a string. The pattern decides the form; ``fromisoformat`` (given
+    only strings of that form) the ranges and the arithmetic.
+    """
+    if _RFC3339_RE.fullmatch(value) is None:
+        raise InvalidEvent(
+            "bad_timestamp", "timestamp is not an RFC 3339 date-time with Z or an offset"
+        )
+    leap = value[17:19] == "60"
+    if leap:
+        value = value[:17] + "59" + value[19:]
+    try:
+        ts = datetime.fromisoformat(value.upper()).timestamp()
+    except ValueError:
+        raise InvalidEvent("bad_timestamp", "timestamp date, time or offset out of range") from None
+    # a leap second counts at the end of the second before it
+    return math.floor(ts) + _LEAP_FRACTION if leap else ts
+
+
 def parse_timestamp(value: object) -> float:
-    """Epoch seconds from a number or an RFC 3339 string; raises InvalidEvent."""
+    """Epoch seconds from a number or an RFC 3339 string (:func:`parse_rfc3339`); raises
+    InvalidEvent. A number in a string (``"1795305600"``) is not a timestamp."""
     if isinstance(value, bool):
         raise InvalidEvent("wrong_type", "timestamp must be a number or an RFC 3339 string")
     if isinstance(value, int | float):
@@ -205,13 +246,7 @@ def parse_timestamp(value: object) -> float:
         except OverflowError:
             raise InvalidEvent("bad_timestamp", "timestamp out of range") from None
     elif isinstance(value, str):
-        try:
-            dt = datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise InvalidEvent("bad_timestamp", "timestamp is not RFC 3339") from None
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)
-        ts = dt.timestamp()
+        ts = parse_rfc3339(value)
     else:
         raise InvalidEvent("wrong_type", "timestamp must be a number or an RFC 3339 string")
     if not math.isfinite(ts):
@@ -222,7 +257,7 @@ def parse_timestamp(value: object) -> float:
 def check_timestamp(value: object, max_ts: float | None, skew: float) -> float | Rejection:
     """The event time of a ``timestamp`` value: present, parseable, not before 2000-01-01 and
     not after ``max_ts`` (the clock plus ``skew``; None: no clock)."""
-    if value is None:
+    if value is None or is_blank(value):
         return Rejection("missing_field", "timestamp")
     try:
         ts = parse_timestamp(value)
@@ -280,16 +315,32 @@ def event_times(
     return tsv, any(type(v) is int and _overflows(v) for v in tsv)
 
 
+def is_blank(value: object) -> bool:
+    """An empty or whitespace-only string: treated exactly like an absent field."""
+    return isinstance(value, str) and (not value or value.isspace())
+
+
 def check_string(name: str, value: object) -> Rejection | None:
-    """An optional string field (of EVENT_STR_FIELDS): a string within its length limit."""
+    """An optional string field (of EVENT_STR_FIELDS): a string within its length limit, or
+    blank (absent)."""
     if value is None:
         return None
     if not isinstance(value, str):
         return Rejection("wrong_type", f"{name} must be a string")
     limit = _LIMIT[name]
-    if len(value) > limit:
+    if len(value) > limit and not value.isspace():
         return Rejection("field_too_long", f"{name} longer than {limit} characters")
     return None
+
+
+def clear_blanks(col: list[Any], *, all_str: bool) -> None:
+    """Replace the blank strings of a column (:func:`is_blank`) with None, in place.
+    ``all_str``: its values are all strings or null (then one C-level pass decides)."""
+    if all_str and "" not in col and not any(map(str.isspace, filter(None, col))):
+        return
+    for j, v in enumerate(col):
+        if is_blank(v):
+            col[j] = None
 
 
 def _all_str(cols: Iterable[list[Any]]) -> bool:
@@ -332,48 +383,57 @@ def check_strings(
     return strings
 
 
-def check_smtp_code(value: object) -> Rejection | None:
+def smtp_code(value: object) -> int | Rejection | None:
+    """The basic reply code of a ``smtp_code`` value: an integer or a string of exactly three
+    ASCII digits, in 200..599; a blank string is absent (None)."""
     if value is None:
         return None
+    if isinstance(value, str):
+        if _SMTP_CODE_RE.fullmatch(value):
+            value = int(value)
+        elif is_blank(value):
+            return None
     if isinstance(value, bool) or not isinstance(value, int):
-        return Rejection("wrong_type", "smtp_code must be an integer")
+        return Rejection("wrong_type", "smtp_code must be an integer or a 3-digit string")
     if not 200 <= value <= 599:
         return Rejection("bad_code", f"smtp_code {value} outside 200..599")
-    return None
+    return value
 
 
-def check_smtp_codes(codes: list[Any], rejected: dict[int, Rejection], *, typed: bool) -> None:
-    """:func:`check_smtp_code` of a column."""
-    if typed or set(map(type, codes)) <= _OPT_INT_TYPES:
+def check_smtp_codes(codes: list[Any], rejected: dict[int, Rejection]) -> None:
+    """:func:`smtp_code` of a column: every value becomes an int or None (in place, on the
+    rows not rejected)."""
+    if set(map(type, codes)) <= _OPT_INT_TYPES:
         present = list(filter(None, codes))
         if not (present and (min(present) < 200 or max(present) > 599)) and 0 not in codes:
             return
-    _ask(
-        rejected,
-        [
-            j
-            for j, v in enumerate(codes)
-            if v is not None and (type(v) is not int or not 200 <= v <= 599)
-        ],
-        lambda j: check_smtp_code(codes[j]),
-    )
+    for j, v in enumerate(codes):
+        if v is not None and (type(v) is not int or not 200 <= v <= 599) and j not in rejected:
+            code = smtp_code(v)
+            if type(code) is Rejection:
+                rejected[j] = code
+            else:
+                codes[j] = code
 
 
 def check_enhanced_code(value: str) -> Rejection | None:
-    """An ``enhanced_code`` that passed :func:`check_string`."""
+    """An ``enhanced_code`` that passed :func:`check_string` and is not blank."""
     if not _ENH_RE.match(value):
         return Rejection("bad_code", "enhanced_code is not class.subject.detail")
     return None
 
 
 def check_enhanced_codes(enhs: list[Any], rejected: dict[int, Rejection], *, all_str: bool) -> None:
-    """:func:`check_enhanced_code` of a column, once per distinct value; ``all_str``: the
-    values are all strings or null."""
+    """:func:`check_enhanced_code` of a column, once per distinct value, blank values None (in
+    place); ``all_str``: the values are all strings or null."""
     if all_str:
         distinct = set(enhs)
         distinct.discard(None)
     else:
         distinct = {v for v in enhs if isinstance(v, str)}
+    if any(map(is_blank, distinct)):
+        clear_blanks(enhs, all_str=False)
+        distinct = {v for v in distinct if not is_blank(v)}
     wrong = {v: r for v in distinct if (r := check_enhanced_code(v)) is not None}
     if wrong:
         _ask(
@@ -383,30 +443,96 @@ def check_enhanced_codes(enhs: list[Any], rejected: dict[int, Rejection], *, all
         )
 
 
-def recipient_domain_of(recipient: str | None) -> str | Rejection:
-    """The raw recipient domain of an event without ``recipient_domain``: what follows the last
-    @ of ``recipient`` (which passed :func:`check_string`)."""
-    if recipient is None:
-        return Rejection("missing_field", "recipient or recipient_domain")
+def event_domain(
+    rdom: object, recipient: str | None, domain: Callable[[str], str | None]
+) -> tuple[Any, bool] | Rejection:
+    """The raw recipient domain an event is counted under, and whether its ``recipient_domain``
+    disagrees with it.
+
+    The recipient's own domain (what follows its last @) is the truth. ``recipient_domain`` is
+    used when the recipient is absent or blank or has no @. When both are given and differ after
+    normalisation (``domain``: :func:`normalise_domain` or a cache of it), the recipient's
+    wins and the second value is True (counted, never rejected). ``recipient`` passed
+    :func:`check_string`; ``rdom`` is checked with the scope combination (:func:`check_combo`),
+    so a non-string or too long one is returned as it is, to be rejected there.
+    """
+    if (
+        isinstance(recipient, str)
+        and isinstance(rdom, str)
+        and recipient.endswith("@" + rdom)
+        and "@" not in rdom
+    ):
+        return rdom, False
+    if is_blank(rdom):
+        rdom = None
+    if recipient is None or is_blank(recipient):
+        if rdom is None:
+            return Rejection("missing_field", "recipient or recipient_domain")
+        return rdom, False
     at = recipient.rfind("@")
     if at < 0:
-        return Rejection("bad_domain", "recipient has no @domain")
-    return recipient[at + 1 :]
+        if rdom is None:
+            return Rejection("bad_domain", "recipient has no @domain")
+        return rdom, False
+    own = recipient[at + 1 :]
+    if rdom is None:
+        return own, False
+    if not isinstance(rdom, str) or len(rdom) > MAX_FIELD_CHARS:
+        return rdom, False
+    normalised = domain(own)
+    if normalised is None:  # rejected as bad_domain with the combination
+        return own, False
+    return own, domain(rdom) != normalised
+
+
+_RPARTITION_AT = methodcaller("rpartition", "@")
+_THIRD = itemgetter(2)
 
 
 def recipient_domains(
-    rdoms: list[Any], recipients: list[Any], rejected: dict[int, Rejection]
-) -> None:
-    """Fill in :func:`recipient_domain_of` where ``rdoms`` (the recipient_domain column) is
-    null."""
-    if _NONE_TYPE in map(type, rdoms):
-        for j, d in enumerate(rdoms):
-            if d is None and j not in rejected:
-                dom = recipient_domain_of(recipients[j])
-                if type(dom) is Rejection:
-                    rejected[j] = dom
-                else:
-                    rdoms[j] = dom
+    rdoms: list[Any],
+    recipients: list[Any],
+    rejected: dict[int, Rejection],
+    domain: Callable[[str], str | None],
+    *,
+    typed: bool,
+    strings: bool,
+) -> list[int]:
+    """:func:`event_domain` of a column: ``rdoms`` (the recipient_domain column) becomes the
+    domain each row is counted under, blank recipients None (both in place); returns the rows
+    whose recipient_domain disagreed with the recipient. ``typed``: both columns hold strings
+    and nulls only; ``strings``: the recipients do."""
+    n = len(rdoms)
+    rows: Iterable[int] = range(n)
+    if None not in recipients and (strings or set(map(type, recipients)) <= _STR_TYPE):
+        rtypes = {str} if typed and None not in rdoms else set(map(type, rdoms))
+        if rtypes <= _STR_TYPE and "@" not in "".join(rdoms):
+            # both given: the plain case is a recipient ending in "@" + recipient_domain
+            ok = list(map(str.endswith, recipients, map("@".__add__, rdoms)))
+            if all(ok):
+                return []
+            rows = list(compress(range(n), map(not_, ok)))
+        elif rtypes == {_NONE_TYPE}:
+            # recipients alone: their domains, except where there is no @
+            parts = list(map(_RPARTITION_AT, recipients))
+            rdoms[:] = map(_THIRD, parts)
+            rows = [j for j, p in enumerate(parts) if not p[1]]
+            for j in rows:
+                rdoms[j] = None
+    mismatched = []
+    for j in rows:
+        if j in rejected:
+            continue
+        r = event_domain(rdoms[j], recipients[j], domain)
+        if isinstance(r, Rejection):
+            rejected[j] = r
+            continue
+        rdoms[j], differs = r
+        if differs:
+            mismatched.append(j)
+        if is_blank(recipients[j]):
+            recipients[j] = None
+    return mismatched
 
 
 def normalise_domain(raw: str) -> str | None:
@@ -449,27 +575,32 @@ def _first_bad_type(key: tuple[Any, ...]) -> str:
 
 def check_combo(
     key: tuple[Any, ...], domain: Callable[[str], str | None]
-) -> tuple[str, str | None] | Rejection:
-    """A scope combination (the values of COMBO_FIELDS, the recipient domain derived): strings
-    within the length limit, valid recipient and sender domains. Returns the normalised
+) -> tuple[tuple[str | None, ...], str, str | None] | Rejection:
+    """A scope combination (the values of COMBO_FIELDS, the recipient domain that of
+    :func:`event_domain`): strings within the length limit or blank (absent), valid recipient
+    and sender domains. Returns the combination with blank values as None, and the normalised
     recipient and sender domains; ``domain`` is :func:`normalise_domain` or a cache of it."""
-    rdomain, sender = key[0], key[4]
     if not set(map(type, key)) <= _OPT_STR_TYPES:
         return Rejection("wrong_type", _first_bad_type(key))
+    for v in key:
+        if v is not None and (not v or v.isspace()):  # some value is blank: it is absent
+            key = tuple(None if not v or v.isspace() else v for v in key)
+            break
     if max(map(len, filter(None, key)), default=0) > MAX_FIELD_CHARS:
         too_long = next(
             n for n, v in zip(COMBO_FIELDS, key, strict=True) if v and len(v) > MAX_FIELD_CHARS
         )
         return Rejection("field_too_long", f"{too_long} longer than {MAX_FIELD_CHARS} characters")
+    rdomain, sender = key[0], key[4]
     dom = domain(rdomain) if rdomain is not None else None
     if dom is None:
         return Rejection("bad_domain", "recipient domain is not a valid domain name")
     sdom = None
-    if sender:
+    if sender is not None:
         sdom = domain(sender)
         if sdom is None:
             return Rejection("bad_domain", "sender_domain is not a valid domain name")
-    return dom, sdom
+    return key, dom, sdom
 
 
 def combo_ids(
@@ -532,19 +663,24 @@ def recipient_key(address: str) -> str:
 
 @dataclass(slots=True)
 class Checked:
-    """The verdicts and values of a checked chunk (rejected rows hold placeholders)."""
+    """The verdicts and values of a checked chunk (rejected rows hold placeholders). Blank
+    optional strings are None in every column here."""
 
     #: row -> the rejection of the first rule it failed
     rejected: dict[int, Rejection]
     kinds: list[Any]
     #: event times: numbers as given, RFC 3339 strings parsed
     ts: list[Any]
+    #: basic reply codes as ints (digit strings converted)
     codes: list[Any]
     enhs: list[Any]
     responses: list[Any]
     recipients: list[Any]
+    message_ids: list[Any]
     #: scope combination ids (from ``resolve``)
     combos: list[Any]
+    #: rows counted under their recipient's domain although recipient_domain named another
+    domain_mismatch: list[int]
     #: unknown fields over all rows
     unknown_fields: int
     #: some timestamp of the chunk is an int too large for a float (see Pipeline._ingest)
@@ -560,15 +696,17 @@ def check_rows(
     skew: float,
     combo_cache: dict[tuple[Any, ...], int | Rejection],
     resolve: Callable[[tuple[Any, ...]], int | Rejection],
+    domain: Callable[[str], str | None] = normalise_domain,
 ) -> Checked:
     """Check decoded events column by column, the rules in the order of docs/events.md; a
     rejected row gets the rejection of the first rule it fails.
 
     ``objs`` are dicts, or (``typed``) objects from a strict decoder whose fields all have
-    their JSON types already and none unknown. ``longest`` is the length in bytes of the
-    longest message the chunk was decoded from (None: not known); no string of a message that
-    short is longer. ``max_ts`` is the clock plus ``skew`` (None: no clock). Scope
-    combinations: see :func:`combo_ids`.
+    their JSON types already (``smtp_code`` an int or a string) and none unknown. ``longest``
+    is the length in bytes of the longest message the chunk was decoded from (None: not
+    known); no string of a message that short is longer. ``max_ts`` is the clock plus ``skew``
+    (None: no clock). Scope combinations: see :func:`combo_ids`; ``domain`` normalises domain
+    names (:func:`normalise_domain` or a cache of it).
     """
     n = len(objs)
     if typed:
@@ -585,12 +723,23 @@ def check_rows(
     short = longest is not None and longest <= MAX_FIELD_CHARS
     # the scope fields are checked per combination, in combo_ids
     strings = check_strings(cols, rejected, typed=typed, short=short)
-    check_smtp_codes(cols["smtp_code"], rejected, typed=typed)
+    for name in _CLEARED_FIELDS:  # blank is absent (recipients: in recipient_domains)
+        clear_blanks(cols[name], all_str=name in strings)
+    check_smtp_codes(cols["smtp_code"], rejected)
     check_enhanced_codes(cols["enhanced_code"], rejected, all_str="enhanced_code" in strings)
     rdoms = cols["recipient_domain"]
-    recipient_domains(rdoms, cols["recipient"], rejected)
+    mismatch = recipient_domains(
+        rdoms,
+        cols["recipient"],
+        rejected,
+        domain,
+        typed=typed,
+        strings="recipient" in strings,
+    )
     keys = list(zip(rdoms, *[cols[f] for f in COMBO_FIELDS[1:]], strict=True))
     combos = combo_ids(keys, rejected, combo_cache, resolve)
+    if mismatch and rejected:
+        mismatch = [j for j in mismatch if j not in rejected]
     return Checked(
         rejected,
         kinds,
@@ -599,7 +748,9 @@ def check_rows(
         cols["enhanced_code"],
         cols["response"],
         cols["recipient"],
+        cols["message_id"],
         combos,
+        mismatch,
         extra,
         ts_overflow,
     )

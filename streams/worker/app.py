@@ -507,6 +507,7 @@ def status_document(state: WorkerState, top: int = 20) -> dict[str, Any]:
         "partitions": sorted(state.pipelines),
         "accepted": sum(p.stats.accepted for p in state.pipelines.values()),
         "rejected": {},
+        "duplicates": sum(p.stats.duplicates for p in state.pipelines.values()),
         "watermark": max((p.watermark for p in state.pipelines.values()), default=0.0),
     }
     for p in state.pipelines.values():

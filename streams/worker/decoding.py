@@ -5,8 +5,11 @@ general path, and a strict msgspec decoder for ``Pipeline.feed_many``'s fast pat
 decoder turns a message straight into a ``CanonicalEvent`` with one slot per field and checks
 the JSON type of every field while parsing (in C). It refuses an unknown field, a wrong type, or
 a missing event or timestamp; the Pipeline then takes the general path for that chunk, which
-counts unknown fields and names each rejection. models/ stays free of msgspec: it only sees a
-decode function and objects with attributes.
+counts unknown fields and names each rejection. Values of the right JSON type are the
+Pipeline's to judge on either path: blank strings, and ``smtp_code`` as a string (three digits
+are a code, anything else is refused by the Pipeline with the same verdict as on the general
+path). models/ stays free of msgspec: it only sees a decode function and objects with
+attributes.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ class CanonicalEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     tenant: str | None = None
     campaign: str | None = None
     mx_host: str | None = None
-    smtp_code: int | None = None
+    smtp_code: int | str | None = None  # a string: digits or blank, checked by the Pipeline
     enhanced_code: str | None = None
     response: str | None = None
     feedback_type: str | None = None

@@ -65,6 +65,12 @@ class Metrics:
             "Unknown fields seen (and ignored) in accepted or rejected events.",
             registry=r,
         )
+        self.duplicates = Counter(
+            "repmon_events_duplicate_total",
+            "Valid events dropped as repeats of one accepted shortly before (same message id, "
+            "kind, time, codes and reply).",
+            registry=r,
+        )
         self.provider_events = Counter(
             "repmon_provider_events_total",
             "Events per mailbox provider and outcome column.",
@@ -159,6 +165,7 @@ class Metrics:
         self._seen_kind: dict[int, list[int]] = {}
         self._seen_rej: dict[int, dict[str, int]] = {}
         self._seen_unknown: dict[int, int] = {}
+        self._seen_dup: dict[int, int] = {}
         for k in EVENT_KINDS:
             self.events.labels(k)
         for reason in REJECTION_REASONS:
@@ -176,6 +183,7 @@ class Metrics:
             self._seen_kind.pop(partition, None)
             self._seen_rej.pop(partition, None)
             self._seen_unknown.pop(partition, None)
+            self._seen_dup.pop(partition, None)
         seen = self._seen_kind.setdefault(partition, [0] * len(EVENT_KINDS))
         for i, k in enumerate(EVENT_KINDS):
             diff = st.by_kind[i] - seen[i]
@@ -192,6 +200,10 @@ class Metrics:
         if diff:
             self.unknown_fields.inc(diff)
             self._seen_unknown[partition] = st.unknown_fields
+        diff = st.duplicates - self._seen_dup.get(partition, 0)
+        if diff:
+            self.duplicates.inc(diff)
+            self._seen_dup[partition] = st.duplicates
         if pipe.watermark > 0:
             self.event_lag.set(max(0.0, time.time() - pipe.watermark))
         for i, scope in enumerate(d.scopes):
