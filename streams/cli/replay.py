@@ -588,7 +588,10 @@ def register(app: typer.Typer) -> None:
         t.add_row("bad lines", f"{sum(stats.rejected.values()):,}" + (
             " (" + ", ".join(f"{k}: {v}" for k, v in stats.rejected.most_common()) + ")"
             if stats.rejected else ""))  # fmt: skip
+        dup = stats.lines - stats.accepted - sum(stats.rejected.values())
+        t.add_row("duplicates (counted once)", f"{dup:,}")
         t.add_row("late dropped", f"{met['late_dropped']:,}")
+        t.add_row("late complaints counted", f"{met['late_complaints']:,}")
         t.add_row("speed", f"{rate:,.0f} lines/s ({stats.seconds:.1f} s)")
         t.add_row("scopes active / evicted", f"{met['active_scopes']:,} / {met['evicted']:,}")
         t.add_row(
