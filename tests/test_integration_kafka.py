@@ -307,3 +307,43 @@ def test_worker_detects_a_simulated_outage(worker: WorkerProc, kafka_bootstrap: 
     assert status["monitor"]["active_scopes"] > 0
     text = worker.get("/metrics").decode()
     assert 'repmon_incidents_opened_total{type="provider_outage"}' in text
+
+
+def test_health_and_guarded_status(kafka_bootstrap: str, tmp_path: Any) -> None:
+    """/livez and /readyz (= /healthz) answer; /status takes the bearer token and checks `top`."""
+    import urllib.error
+    import urllib.request
+
+    w = WorkerProc(kafka_bootstrap, tmp_path)
+    w.env["REPMON_API_TOKEN"] = "s3cret-token"
+    try:
+        w.start()  # waits for /healthz 200: the consumer runs and a tick completed
+
+        def get(path: str, token: str | None = None) -> tuple[int, dict[str, Any]]:
+            req = urllib.request.Request(w.url + path)
+            if token is not None:
+                req.add_header("Authorization", f"Bearer {token}")
+            try:
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    return r.status, orjson.loads(r.read())
+            except urllib.error.HTTPError as e:
+                return e.code, orjson.loads(e.read())
+
+        assert get("/livez")[0] == 200
+        code, body = get("/readyz")
+        assert code == 200 and body["status"] == "ready", body
+        assert get("/healthz")[0] == 200
+        assert get("/status")[0] == 401
+        assert get("/status", "wrong")[0] == 401
+        code, body = get("/status?top=5", "s3cret-token")
+        assert code == 200 and "monitor" in body
+        for bad in ("abc", "0", "-1", "1000000", "1e3"):
+            code, body = get(f"/status?top={bad}", "s3cret-token")
+            assert code == 400 and "top" in body["error"], (bad, code, body)
+        assert worker_alive(w)
+    finally:
+        w.stop()
+
+
+def worker_alive(w: WorkerProc) -> bool:
+    return w.proc is not None and w.proc.poll() is None

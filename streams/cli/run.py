@@ -30,9 +30,12 @@ REPO = Path(__file__).resolve().parents[2]
 LOCAL_KAFKA = REPO / "deploy" / "kafka" / "local-kafka"
 
 
-def fetch_json(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
+def fetch_json(url: str, timeout: float = 2.0, token: str = "") -> dict[str, Any] | None:
+    req = urllib.request.Request(url)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             data = orjson.loads(resp.read())
             return data if isinstance(data, dict) else None
     except (urllib.error.URLError, OSError, ValueError):
@@ -193,7 +196,9 @@ def register(app: typer.Typer) -> None:
                             f"[red]worker exited ({worker.returncode}); see {logs / 'worker.log'}"
                         )
                         break
-                    live.update(render(fetch_json(status_url), metrics_url))
+                    live.update(
+                        render(fetch_json(status_url, token=settings.api_token), metrics_url)
+                    )
                     time.sleep(2.0)
         except KeyboardInterrupt:
             pass

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hmac
 import logging
 import math
 import os
@@ -174,6 +175,21 @@ def chunk_deltas(d: Deltas, max_rows: int) -> list[Deltas]:
     return out
 
 
+#: the most scopes per kind /status returns
+MAX_STATUS_TOP = 1000
+
+
+def check_token(expected: str, header: str | None) -> str | None:
+    """None when the request may see the data; else why not. No token configured: open."""
+    if not expected:
+        return None
+    if not header or not header.startswith("Bearer "):
+        return "this endpoint needs 'Authorization: Bearer <token>' (REPMON_API_TOKEN)"
+    if not hmac.compare_digest(header[7:].encode(), expected.encode()):
+        return "wrong token"
+    return None
+
+
 @dataclass
 class WorkerState:
     settings: Settings
@@ -222,6 +238,25 @@ class WorkerState:
             cut = sorted(seen)[len(seen) // 2]
             self.seen_seqs[src] = {x for x in seen if x >= cut}
         return True
+
+    #: monotonic times: last ingest failure, last time it was logged, last completed tick
+    ingest_error_at: float = -math.inf
+    ingest_error_logged: float = -math.inf
+    last_tick_done: float = -math.inf
+
+    def readiness_problems(self) -> list[str]:
+        """Why this worker is not ready (empty: ready): the ingest consumer runs, no ingest
+        failure in the last 10 s, and a tick completed recently."""
+        now = time.monotonic()
+        out = []
+        if self.consumer is None:
+            out.append("the ingest consumer is not running (broker unreachable or starting)")
+        if now - self.ingest_error_at < 10.0:
+            out.append(f"ingest failed {now - self.ingest_error_at:.0f} s ago")
+        limit = max(5.0, 3 * self.settings.tick_s)
+        if now - self.last_tick_done > limit:
+            out.append(f"no tick completed in the last {limit:.0f} s")
+        return out
 
     def __post_init__(self) -> None:
         self.tracker = WatermarkTracker(self.settings.source_idle_s)
@@ -324,9 +359,13 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
                 await ingest_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 m.ingest_restarts.inc()
-                log.exception("ingest consumer failed; restarting in 1 s")
+                state.ingest_error_at = time.monotonic()
+                # one line per 30 s while the broker is away, not one per retry
+                if time.monotonic() - state.ingest_error_logged >= 30.0:
+                    state.ingest_error_logged = time.monotonic()
+                    log.warning("ingest consumer failed, retrying every 1 s: %r", exc)
                 await asyncio.sleep(1.0)
 
     async def ingest_once() -> None:
@@ -483,6 +522,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
                 await incidents_topic.send(key=str(rec["id"]).encode(), value=orjson.dumps(rec))
         m.observe_monitor(state.monitor, wm)
         m.tick_seconds.observe(time.perf_counter() - t0)
+        state.last_tick_done = time.monotonic()
 
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
@@ -490,14 +530,35 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         ctype = CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
         return web.bytes(generate_latest(m.registry), content_type=ctype)
 
-    @app.page("/healthz")
-    async def healthz(web: Any, request: Any) -> Any:
-        return web.json({"status": "ok", "instance": state.instance, "ticks": state.ticks})
+    @app.page("/livez")
+    async def livez(web: Any, request: Any) -> Any:
+        return web.json({"status": "alive", "instance": state.instance})
+
+    async def ready_view(web: Any, request: Any) -> Any:
+        problems = state.readiness_problems()
+        body = {
+            "status": "ready" if not problems else "not ready",
+            "problems": problems,
+            "instance": state.instance,
+            "ticks": state.ticks,
+        }
+        return web.json(body, status=200 if not problems else 503)
+
+    app.page("/readyz")(ready_view)
+    app.page("/healthz")(ready_view)  # the older name, same answer
 
     @app.page("/status")
     async def status(web: Any, request: Any) -> Any:
-        top = int(request.query.get("top", "20"))
-        return web.json(status_document(state, top))
+        denied = check_token(settings.api_token, request.headers.get("Authorization"))
+        if denied:
+            return web.json({"error": denied}, status=401)
+        raw = request.query.get("top", "20")
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_STATUS_TOP:
+            return web.json(
+                {"error": f"top must be an integer from 1 to {MAX_STATUS_TOP}, not {raw[:20]!r}"},
+                status=400,
+            )
+        return web.json(status_document(state, int(raw)))
 
     return app, state
 

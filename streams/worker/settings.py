@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     log_level: str = "info"
     #: where consumption starts when the group has no committed offset
     auto_offset_reset: str = "earliest"
+    #: bearer token for the data endpoints (/status); empty: open (bind to loopback then)
+    api_token: str = ""
     #: a worker whose source has sent nothing for this long stops holding the watermark back
     source_idle_s: float = Field(default=30.0, gt=0.0)
 
