@@ -326,3 +326,28 @@ def test_a_complaint_behind_the_clock_counts_when_it_becomes_known() -> None:
     r = np.array([st_.rows["provider:yahoo"]])
     col = COARSE_IDX.tolist().index(c)
     assert st_.coarse_sum(1, r)[0, col] == 0 and st_.coarse_sum(2, r)[0, col] == 1
+
+
+def test_a_flood_of_new_scopes_stays_under_the_cap() -> None:
+    """Past max_scopes the least recently active scopes go, never one with an open incident nor
+    one the delta being added uses; the new counts all land."""
+    st_ = RollingStore(RollingConfig(max_scopes=100, initial_capacity=16))
+    feed(st_, make_deltas([("provider:google", T0, {"delivered": 5})]))
+    st_.frozen[st_.rows["provider:google"]] = True  # an open incident holds it
+    for k in range(1, 30):  # 30 ticks of 20 brand-new domains each
+        t = T0 + 60 * k
+        rows = [(f"domain:d{k}-{i}.example", t, {"delivered": 1}) for i in range(20)]
+        feed(st_, make_deltas(rows, watermark=t + 30))
+        assert len(st_) <= 100
+        for scope, _, _ in rows:  # this tick's scopes are all there with their counts
+            assert st_.window_totals(scope, 300)[0] == 1
+    assert "provider:google" in st_
+    assert st_.evicted_for_room >= 29 * 20 + 1 - 100
+    assert "domain:d1-0.example" not in st_ and "domain:d29-0.example" in st_
+
+
+def test_one_delta_larger_than_the_cap_keeps_its_own_rows() -> None:
+    st_ = RollingStore(RollingConfig(max_scopes=10))
+    rows = [(f"domain:x{i}.example", T0, {"delivered": 1}) for i in range(25)]
+    feed(st_, make_deltas(rows))
+    assert all(st_.window_totals(s, 300)[0] == 1 for s, _, _ in rows)

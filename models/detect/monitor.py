@@ -372,6 +372,7 @@ class Monitor:
             "early_rows_held": st.early_rows,
             "upstream_late_dropped": st.upstream_late_dropped,
             "evicted": st.evicted,
+            "evicted_for_room": st.evicted_for_room,
             "incidents_open": open_by_type,
             "incidents_opened_total": dict(self.opened_total),
             "related_scopes_total": self.related_total,

@@ -144,6 +144,10 @@ class RollingConfig:
     baseline_half_life_s: float = 12 * 3600.0  #: half-life of the EWMA baseline
     initial_capacity: int = 256  #: rows allocated up front (grown by doubling)
     max_early_rows: int = 2_000_000  #: delta rows held ahead of the watermark at most
+    #: active scopes at most (0: no cap). About 2 KiB each (bench/memory.py): 500,000 scopes are
+    #: about 1 GiB. Past the cap the least recently active scopes without an open incident are
+    #: evicted (``evicted_for_room`` counts them), so a flood of new domains cannot exhaust memory
+    max_scopes: int = 500_000
     #: complaints later than lateness_s but at most this late are still counted (see above)
     complaint_lateness_s: float = 72 * 3600.0
 
@@ -190,6 +194,7 @@ class RollingStore:
         self.late_complaints: int = 0  # complaints counted although later than lateness_s
         self.upstream_late_dropped: int = 0  # late drops reported by the producer (Deltas)
         self.evicted: int = 0
+        self.evicted_for_room: int = 0  # of which to stay under max_scopes
         self.added_events: int = 0
         self._decay = float(0.5 ** (cfg.fine_s / cfg.baseline_half_life_s))
         self._idle_buckets = max(1, math.ceil(cfg.idle_evict_s / cfg.fine_s))
@@ -311,7 +316,34 @@ class RollingStore:
 
     def _evict_idle(self) -> None:
         idle = self.active & ~self.frozen & (self.last_seen < self.fine_head - self._idle_buckets)
-        rows = np.flatnonzero(idle)
+        self._evict(np.flatnonzero(idle))
+
+    def _rows_for(self, scopes: list[str], used: list[int]) -> NDArray[np.intp]:
+        """Rows of ``scopes[i]`` for ``i`` in ``used`` (allocating new scopes), after making
+        room under ``max_scopes`` by evicting the least recently active scopes that no open
+        incident holds and that this call does not use."""
+        local = np.full(len(scopes), -1, dtype=np.intp)
+        cap = self.config.max_scopes
+        new = sum(1 for i in used if scopes[i] not in self.rows)
+        if cap and len(self.rows) + new > cap:
+            keep = [self.rows[scopes[i]] for i in used if scopes[i] in self.rows]
+            self._evict_for_room(len(self.rows) + new - cap, keep)
+        for i in used:
+            local[i] = self.row(scopes[i])
+        return local
+
+    def _evict_for_room(self, need: int, keep: list[int]) -> None:
+        # evict in batches (1 % of the cap at least) so a flood does not evict per scope
+        n = max(need, self.config.max_scopes // 100, 1)
+        cand = self.active & ~self.frozen
+        cand[keep] = False
+        rows = np.flatnonzero(cand)
+        if rows.size > n:
+            rows = rows[np.argpartition(self.last_seen[rows], n - 1)[:n]]
+        self.evicted_for_room += int(rows.size)
+        self._evict(rows)
+
+    def _evict(self, rows: NDArray[np.intp]) -> None:
         if rows.size == 0:
             return
         for cb in self.on_evict:
@@ -367,9 +399,7 @@ class RollingStore:
         if starts.size == 0:
             return np.zeros(0, dtype=np.intp)
         # rows for every scope with counted or held rows (the Monitor maps replies through them)
-        local = np.full(len(deltas.scopes), -1, dtype=np.intp)
-        for i in np.unique(idx).tolist():
-            local[i] = self.row(deltas.scopes[i])
+        local = self._rows_for(deltas.scopes, np.unique(idx).tolist())
         early = starts >= self.watermark if self.fine_head >= 0 else np.ones(starts.size, np.bool_)
         if early.any():
             if prov is None:
@@ -399,9 +429,7 @@ class RollingStore:
     ) -> None:
         """Complaints later than the lateness: fine ring now, coarse ring in their own hour."""
         cfg = self.config
-        local = np.full(len(scopes), -1, dtype=np.intp)
-        for i in np.unique(idx).tolist():
-            local[i] = self.row(scopes[i])
+        local = self._rows_for(scopes, np.unique(idx).tolist())
         rows = local[idx]
         vals = n.astype(np.uint32)
         col = np.full(rows.size, R["complained"], dtype=np.intp)
@@ -428,10 +456,8 @@ class RollingStore:
 
     def _apply(self, names: list[str], starts: NDArray[np.int64], named: NDArray[np.int64]) -> None:
         """Count held rows (scope index in the first column) now that their bucket is current."""
-        local = np.full(len(names), -1, dtype=np.intp)
         idx = named[:, 0].astype(np.intp)
-        for i in np.unique(idx).tolist():
-            local[i] = self.row(names[i])
+        local = self._rows_for(names, np.unique(idx).tolist())
         self._apply_rows(local[idx], starts, named[:, 1:])
 
     def _apply_rows(

@@ -40,10 +40,11 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from models.classify.classifier import Classifier
-from models.detect.monitor import Monitor
+from models.detect.monitor import Monitor, MonitorConfig
 from models.ingest.pipeline import Pipeline, Rejection
 from models.schema import N_COLUMNS
 from models.state.deltas import Deltas
+from models.state.rolling import RollingConfig
 from models.state.watermark import PartitionClock, WatermarkTracker
 from streams.worker.decoding import ingest_pipeline
 from streams.worker.metrics import Metrics
@@ -311,7 +312,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         settings=settings,
         classifier=Classifier(settings.rule_files),
         metrics=Metrics(),
-        monitor=Monitor(),
+        monitor=Monitor(MonitorConfig(rolling=RollingConfig(max_scopes=settings.max_scopes))),
         rollup_partitions=settings.rollup_partitions,
     )
     dlq_topic = app.topic(settings.topic_dlq, value_type=bytes, value_serializer="raw")

@@ -141,6 +141,11 @@ class Metrics:
             "Events dropped for arriving after the lateness.",
             registry=r,
         )
+        self.evicted_for_room = Gauge(
+            "repmon_scopes_evicted_for_room",
+            "Scopes evicted (least recently active first) to stay under REPMON_MAX_SCOPES.",
+            registry=r,
+        )
         self.late_complaints = Gauge(
             "repmon_late_complaints",
             "Complaints later than the lateness (feedback loops stamp the send time) that were "
@@ -222,6 +227,7 @@ class Metrics:
         self.active_scopes.set(mm.get("active_scopes", 0))
         self.late_dropped.set(mm.get("late_dropped", 0))
         self.late_complaints.set(mm.get("late_complaints", 0))
+        self.evicted_for_room.set(mm.get("evicted_for_room", 0))
         self.early_events.set(mm.get("early_events", 0))
         self.early_dropped.set(mm.get("early_dropped", 0))
         self.early_rows_held.set(mm.get("early_rows_held", 0))

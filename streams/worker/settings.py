@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     log_level: str = "info"
     #: where consumption starts when the group has no committed offset
     auto_offset_reset: str = "earliest"
+    #: active scopes held at most (about 2 KiB each): least recently active ones are evicted
+    max_scopes: int = Field(default=500_000, ge=1000)
     #: bearer token for the data endpoints (/status); empty: open (bind to loopback then)
     api_token: str = ""
     #: a worker whose source has sent nothing for this long stops holding the watermark back
