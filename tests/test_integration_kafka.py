@@ -91,7 +91,7 @@ BAD: list[tuple[bytes, str]] = [
                 "event": "delivered",
                 "timestamp": BASE_TS,
                 "recipient": "a@gmail.com",
-                "smtp_code": "250",
+                "smtp_code": "two-fifty",  # a digit string like "250" is accepted
             }
         ).encode(),
         "wrong_type",
@@ -263,7 +263,7 @@ def test_counts_dlq_and_survival(worker: WorkerProc, kafka_bootstrap: str) -> No
     status = orjson.loads(worker.get("/status"))
     assert status["ingest"]["accepted"] == len(first) + len(second)
     assert worker.proc is not None and worker.proc.poll() is None
-    assert orjson.loads(worker.get("/healthz"))["status"] == "ok"
+    assert orjson.loads(worker.get("/healthz"))["status"] == "ready"
     leaked = re.findall(r"[\w.+-]+@[\w-]+\.[\w.-]+", worker.log_path.read_text(errors="replace"))
     assert not leaked, f"recipient addresses leaked into the worker log: {leaked[:3]}"
 
