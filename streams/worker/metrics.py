@@ -47,6 +47,35 @@ PROVIDER_RATES = (
 )
 
 
+#: Monitor.metrics() key -> (gauge name, help): values the rolling state keeps as running totals
+MONITOR_GAUGES: dict[str, tuple[str, str]] = {
+    "active_scopes": ("repmon_active_scopes", "Scopes held in the rolling state."),
+    "late_dropped": (
+        "repmon_late_events_dropped",
+        "Events dropped for arriving after the lateness.",
+    ),
+    "evicted_for_room": (
+        "repmon_scopes_evicted_for_room",
+        "Scopes evicted (least recently active first) to stay under REPMON_MAX_SCOPES.",
+    ),
+    "late_complaints": (
+        "repmon_late_complaints",
+        "Complaints later than the lateness (feedback loops stamp the send time) that were "
+        "counted in the current bucket instead of dropped.",
+    ),
+    "early_events": (
+        "repmon_early_events",
+        "Events that arrived ahead of the event-time watermark and were held until it reached "
+        "their bucket (counted, not lost).",
+    ),
+    "early_dropped": (
+        "repmon_early_events_dropped",
+        "Events ahead of the watermark dropped because the early buffer was full.",
+    ),
+    "early_rows_held": ("repmon_early_rows_held", "Delta rows held ahead of the watermark now."),
+}
+
+
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
@@ -133,39 +162,10 @@ class Metrics:
         self.incidents_opened = Counter(
             "repmon_incidents_opened_total", "Incidents opened, by type.", ["type"], registry=r
         )
-        self.active_scopes = Gauge(
-            "repmon_active_scopes", "Scopes held in the rolling state.", registry=r
-        )
-        self.late_dropped = Gauge(
-            "repmon_late_events_dropped",
-            "Events dropped for arriving after the lateness.",
-            registry=r,
-        )
-        self.evicted_for_room = Gauge(
-            "repmon_scopes_evicted_for_room",
-            "Scopes evicted (least recently active first) to stay under REPMON_MAX_SCOPES.",
-            registry=r,
-        )
-        self.late_complaints = Gauge(
-            "repmon_late_complaints",
-            "Complaints later than the lateness (feedback loops stamp the send time) that were "
-            "counted in the current bucket instead of dropped.",
-            registry=r,
-        )
-        self.early_events = Gauge(
-            "repmon_early_events",
-            "Events that arrived ahead of the event-time watermark and were held until it reached "
-            "their bucket (counted, not lost).",
-            registry=r,
-        )
-        self.early_dropped = Gauge(
-            "repmon_early_events_dropped",
-            "Events ahead of the watermark dropped because the early buffer was full.",
-            registry=r,
-        )
-        self.early_rows_held = Gauge(
-            "repmon_early_rows_held", "Delta rows held ahead of the watermark now.", registry=r
-        )
+        #: gauges that mirror Monitor.metrics() values, one line each
+        self.monitor_gauges = {
+            key: Gauge(name, doc, registry=r) for key, (name, doc) in MONITOR_GAUGES.items()
+        }
         self._seen_pipe: dict[int, Pipeline] = {}
         self._seen_kind: dict[int, list[int]] = {}
         self._seen_rej: dict[int, dict[str, int]] = {}
@@ -224,13 +224,8 @@ class Metrics:
     def observe_monitor(self, monitor: Any, watermark: float) -> None:
         self.watermark.set(watermark)
         mm = monitor.metrics()
-        self.active_scopes.set(mm.get("active_scopes", 0))
-        self.late_dropped.set(mm.get("late_dropped", 0))
-        self.late_complaints.set(mm.get("late_complaints", 0))
-        self.evicted_for_room.set(mm.get("evicted_for_room", 0))
-        self.early_events.set(mm.get("early_events", 0))
-        self.early_dropped.set(mm.get("early_dropped", 0))
-        self.early_rows_held.set(mm.get("early_rows_held", 0))
+        for key, gauge in self.monitor_gauges.items():
+            gauge.set(mm.get(key, 0))
         for typ, n in mm.get("incidents_open", {}).items():
             self.incidents_open.labels(typ).set(n)
         rows = monitor.status(top=len(self.providers)).get("scopes", {}).get("provider", [])
