@@ -473,8 +473,9 @@ class RollingStore:
         fine_rows = reduced.astype(np.uint32)
         fine_rows[:, _R_COMPLAINED] = 0
         np.add.at(self.fine, (rows, fb % cfg.n_fine), fine_rows)
-        cfb = np.maximum(fb, self.fine_head) % cfg.n_fine
-        np.add.at(self.fine, (rows, cfb, np.full(rows.size, _R_COMPLAINED, np.intp)), compl)
+        if compl.any():
+            cfb = np.maximum(fb, self.fine_head) % cfg.n_fine
+            np.add.at(self.fine, (rows, cfb, np.full(rows.size, _R_COMPLAINED, np.intp)), compl)
         np.add.at(self.coarse, (rows, cb % cfg.n_coarse), reduced[:, COARSE_IDX].astype(np.uint32))
         np.maximum.at(self.last_seen, rows, fb)
         self.added_events += int(counts[:, _EVENT_COLS].sum())
