@@ -67,5 +67,23 @@ class ReplyMemory:
                     agg[k] = agg.get(k, 0) + v
         return [[k, v] for k, v in sorted(agg.items(), key=lambda kv: -kv[1])[:n]]
 
+    def snapshot(self, names: list[str | None]) -> dict[str, Any]:
+        """JSON-able state, rows written as the scope names ``names[row]``."""
+
+        def named(d: dict[int, dict[str, int]]) -> list[list[Any]]:
+            return [[names[r], dict(v)] for r, v in d.items() if names[r] is not None]
+
+        return {"head": self._head, "cur": named(self._cur), "prev": named(self._prev)}
+
+    def restore(self, state: dict[str, Any], rows: dict[str, int]) -> None:
+        """Continue from :meth:`snapshot`, scope names mapped to rows by ``rows``."""
+
+        def unnamed(items: list[list[Any]]) -> dict[int, dict[str, int]]:
+            return {rows[n]: {str(k): int(c) for k, c in v.items()} for n, v in items if n in rows}
+
+        self._head = int(state["head"])
+        self._cur = unnamed(state["cur"])
+        self._prev = unnamed(state["prev"])
+
     def entries(self) -> int:
         return sum(len(d) for d in self._cur.values()) + sum(len(d) for d in self._prev.values())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Literal
 
 #: The incident vocabulary, in documentation order.
@@ -33,6 +33,14 @@ class Incident:
     @property
     def is_open(self) -> bool:
         return self.closed_at is None
+
+    def state(self) -> dict[str, Any]:
+        """Every field, JSON-able (snapshots; :meth:`from_state` reads it back)."""
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> Incident:
+        return cls(**d)
 
     def to_json(self) -> dict[str, Any]:
         ev = dict(self.evidence)

@@ -49,6 +49,7 @@ from models.state.rolling import (
     RollingStore,
     scope_kind,
 )
+from models.state.snapshot import Snap
 
 F64 = NDArray[np.float64]
 _KIND_CODE = {k: i for i, k in enumerate(SCOPE_KINDS)}
@@ -332,6 +333,48 @@ class Monitor:
             if inc.explained_by is None:
                 out.append(IncidentChange.of("closed", inc))
         return out
+
+    # ------------------------------------------------------------------------------ snapshots
+    def snapshot(self) -> Snap:
+        """Everything :meth:`restore` needs to continue as if never stopped: the rolling store,
+        the open (and recently closed) incidents, the evidence and the detection clock."""
+        st = self.store
+        snap = Snap(
+            meta={
+                "open": [i.state() for i in self._open.values()],
+                "closed": [i.state() for i in self._closed],
+                "opened_total": dict(self.opened_total),
+                "related_total": self.related_total,
+                "first_t": self._first_t,
+                "dirty": self._dirty,
+                "last_head": self._last_head,
+                "advances": self.advances,
+                "replies": self._replies.snapshot(st.names),
+            }
+        )
+        snap.put("store", st.snapshot())
+        return snap
+
+    @classmethod
+    def restore(cls, snap: Snap, config: MonitorConfig | None = None) -> Monitor:
+        """A Monitor continuing from ``snap`` (raises ``SnapshotError`` when it cannot)."""
+        mon = cls(config)
+        mon.store = RollingStore.restore(snap.child("store"), mon.config.rolling)
+        mon.store.on_evict.append(mon._on_evict)
+        mon._windows = WindowTests(mon.config, mon.store)
+        m = snap.meta
+        for d in m["open"]:
+            inc = Incident.from_state(d)
+            mon._open[(inc.type, inc.scope)] = inc
+        mon._closed = [Incident.from_state(d) for d in m["closed"]]
+        mon.opened_total.update({str(k): int(v) for k, v in m["opened_total"].items()})
+        mon.related_total = int(m["related_total"])
+        mon._first_t = None if m["first_t"] is None else float(m["first_t"])
+        mon._dirty = bool(m["dirty"])
+        mon._last_head = int(m["last_head"])
+        mon.advances = int(m["advances"])
+        mon._replies.restore(m["replies"], mon.store.rows)
+        return mon
 
     # ------------------------------------------------------------------------------ output
     def open_incidents(self) -> list[Incident]:

@@ -61,6 +61,7 @@ from models.ingest.validate import (
 from models.schema import EVENT_KIND_CODE, NO_CLASS, NO_REASON
 from models.state.bloom import RotatingBloom
 from models.state.deltas import Deltas
+from models.state.snapshot import Snap
 
 __all__ = [
     "BATCH_ROWS",
@@ -187,6 +188,24 @@ class Pipeline:
         self._scopes = ScopeTable(self.resolver)
         self._replies = ReplyTable(self.classifier, normalize)
         self._cols = Columns()
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def memories_snapshot(self) -> Snap:
+        """The memories that outlive a tick: the duplicate window and the known-good memory
+        (recent deliveries and the Bloom filter). Counts are not in it: they leave with every
+        flush."""
+        snap = Snap(meta={})
+        snap.put("dedupe", self.dedupe.snapshot())
+        snap.put("recent", self.recent.snapshot())
+        snap.put("bloom", self.bloom.snapshot())
+        return snap
+
+    def restore_memories(self, snap: Snap) -> None:
+        """Continue with the memories of :meth:`memories_snapshot` (same sizes)."""
+        self.dedupe.restore(snap.child("dedupe"))
+        self.recent.restore(snap.child("recent"))
+        self.bloom.restore(snap.child("bloom"))
 
     # -- one message -------------------------------------------------------------------------
 

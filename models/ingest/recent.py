@@ -21,6 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from models.state.snapshot import Snap, SnapshotError
+
 #: generations of RecentKeys (the newest one a set, the others sorted arrays)
 KEY_GENERATIONS = 8
 _GEN_BITS = np.int64(KEY_GENERATIONS - 1)
@@ -152,6 +154,23 @@ class RecentKeys:
         found: list[bool] = ((old[pos] & _HIGH_BITS) == q).tolist()
         return found
 
+    def snapshot(self) -> Snap:
+        new = np.concatenate([*self._arrays, np.array(self._ints, dtype=np.int64)])
+        return Snap(
+            meta={"capacity": self.capacity, "gens": list(self._gens)},
+            arrays={"new": new.astype(np.int64), "old": self._old},
+        )
+
+    def restore(self, snap: Snap) -> None:
+        """Continue from :meth:`snapshot` (of a window with the same capacity)."""
+        if int(snap.meta["capacity"]) != self.capacity:
+            raise SnapshotError("duplicate window of another capacity")
+        new = snap.array("new").astype(np.int64)
+        self._new = set(new.tolist())
+        self._arrays, self._ints = [new], []
+        self._old = snap.array("old").astype(np.int64)
+        self._gens = deque(int(g) for g in snap.meta["gens"])
+
     def _rotate(self) -> None:
         old = self._old
         if len(self._gens) >= KEY_GENERATIONS - 1:
@@ -211,6 +230,17 @@ class RecentDeliveries:
         rows = self._table[s]
         words = rows.view(np.uint32)
         return s, rows[:, :WAYS], words[:, _MSG : _MSG + WAYS], words[:, _AGE : _AGE + WAYS]
+
+    def snapshot(self) -> Snap:
+        return Snap(meta={"age": self._age}, arrays={"table": self._table.copy()})
+
+    def restore(self, snap: Snap) -> None:
+        """Continue from :meth:`snapshot` (of a table with the same capacity)."""
+        table = snap.array("table")
+        if table.shape != self._table.shape:
+            raise SnapshotError("known-good table of another capacity")
+        self._table[...] = table
+        self._age = int(snap.meta["age"])
 
     def lookup(self, rkeys: NDArray[np.uint64]) -> tuple[NDArray[np.bool_], NDArray[np.uint32]]:
         """Whether each recipient is in the table, and its message value (where it is)."""

@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from models.state.snapshot import Snap, SnapshotError
+
 _MIX1 = np.uint64(0x9E3779B97F4A7C15)
 _MIX2 = np.uint64(0xBF58476D1CE4E5B9)
 _SHIFT = np.uint64(31)
@@ -90,6 +92,27 @@ class RotatingBloom:
         for gen in self._gens:
             found |= np.all((gen[byte] & bit) != 0, axis=1)
         return found
+
+    def snapshot(self) -> Snap:
+        return Snap(
+            meta={
+                "bits_log2": self.bits_log2,
+                "generations": self.generations,
+                "newest": self._newest,
+                "fill": self._fill,
+                "rotations": self.rotations,
+            },
+            arrays={f"gen{i}": g.copy() for i, g in enumerate(self._gens)},
+        )
+
+    def restore(self, snap: Snap) -> None:
+        """Continue from :meth:`snapshot` (of a filter of the same size)."""
+        m = snap.meta
+        if (m["bits_log2"], m["generations"]) != (self.bits_log2, self.generations):
+            raise SnapshotError("Bloom filter of another size")
+        self._gens = [snap.array(f"gen{i}").astype(np.uint8) for i in range(self.generations)]
+        self._newest, self._fill = int(m["newest"]), int(m["fill"])
+        self.rotations = int(m["rotations"])
 
     def _rotate(self) -> None:
         self._newest = (self._newest + 1) % self.generations

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 import numpy as np
@@ -61,6 +61,7 @@ from numpy.typing import NDArray
 
 from models.schema import COL, COLUMNS, EVENT_KINDS, N_COLUMNS, SCOPE_KINDS
 from models.state.deltas import Deltas
+from models.state.snapshot import Snap, SnapshotError, strings, unstrings
 
 #: Columns kept in the fine ring and the baseline (derived from ``models.schema.COLUMNS``).
 ROLL_COLUMNS: Final[tuple[str, ...]] = (
@@ -122,6 +123,20 @@ def _reduction_matrix() -> NDArray[np.int64]:
 REDUCE: Final[NDArray[np.int64]] = _reduction_matrix()
 
 _KIND_CODE: Final[dict[str, int]] = {k: i for i, k in enumerate(SCOPE_KINDS)}
+#: RollingConfig fields a snapshot must match to be restored (the ring geometry)
+_GEOMETRY: Final[tuple[str, ...]] = ("fine_s", "n_fine", "coarse_s", "n_coarse")
+#: RollingStore counters kept in snapshots
+_COUNTERS: Final[tuple[str, ...]] = (
+    "late_dropped",
+    "early_events",
+    "early_dropped",
+    "late_rows_dropped",
+    "late_complaints",
+    "upstream_late_dropped",
+    "evicted",
+    "evicted_for_room",
+    "added_events",
+)
 NO_KIND: Final[int] = 255
 
 
@@ -479,6 +494,106 @@ class RollingStore:
         np.add.at(self.coarse, (rows, cb % cfg.n_coarse), reduced[:, COARSE_IDX].astype(np.uint32))
         np.maximum.at(self.last_seen, rows, fb)
         self.added_events += int(counts[:, _EVENT_COLS].sum())
+
+    # ----------------------------------------------------------------------------- snapshots
+    def snapshot(self) -> Snap:
+        """The active rows, the clock, the counters and the held (early) rows: what
+        :meth:`restore` needs to continue exactly where this store is (rows are renumbered)."""
+        rows = self.active_rows()
+        names = [self.names[r] or "" for r in rows.tolist()]
+        # held rows: one table of (index into early_names, bucket start, counts)
+        e_names: list[str] = []
+        e_pos: dict[str, int] = {}
+        e_starts: list[NDArray[np.int64]] = []
+        e_counts: list[NDArray[np.int64]] = []
+        for chunk_names, starts, named in self._early:
+            idx = named[:, 0].astype(np.intp)
+            used = np.unique(idx)
+            remap = np.zeros(int(used.max()) + 1 if used.size else 0, dtype=np.int64)
+            for u in used.tolist():
+                nm = chunk_names[u]
+                if nm not in e_pos:
+                    e_pos[nm] = len(e_names)
+                    e_names.append(nm)
+                remap[u] = e_pos[nm]
+            c = named.copy()
+            c[:, 0] = remap[idx]
+            e_starts.append(starts.astype(np.int64))
+            e_counts.append(c)
+        cfg = self.config
+        meta: dict[str, object] = {g: getattr(cfg, g) for g in _GEOMETRY}
+        meta.update({c: getattr(self, c) for c in _COUNTERS})
+        meta.update(
+            fine_head=self.fine_head,
+            coarse_head=self.coarse_head,
+            watermark=self.watermark,
+            merged_early=self.merged_early,
+        )
+        return Snap(
+            meta=meta,
+            arrays={
+                "names": strings(names),
+                "fine": self.fine[rows],
+                "coarse": self.coarse[rows],
+                "baseline": self.baseline[rows],
+                "last_seen": self.last_seen[rows],
+                "kind": self.kind[rows],
+                "frozen": self.frozen[rows],
+                "early_names": strings(e_names),
+                "early_starts": (
+                    np.concatenate(e_starts) if e_starts else np.zeros(0, dtype=np.int64)
+                ),
+                "early_counts": (
+                    np.concatenate(e_counts)
+                    if e_counts
+                    else np.zeros((0, N_COLUMNS + 1), dtype=np.int64)
+                ),
+            },
+        )
+
+    @classmethod
+    def restore(cls, snap: Snap, config: RollingConfig | None = None) -> RollingStore:
+        """A store continuing from ``snap``; ``config`` must have the snapshot's ring geometry
+        (the other settings, e.g. ``max_scopes`` or ``lateness_s``, may change)."""
+        cfg = config or RollingConfig()
+        m = snap.meta
+        for g in _GEOMETRY:
+            if m.get(g) != getattr(cfg, g):
+                raise SnapshotError(
+                    f"snapshot has {g}={m.get(g)}, this configuration {getattr(cfg, g)}"
+                )
+        names = unstrings(snap.array("names"))
+        n = len(names)
+        cap = max(1, cfg.initial_capacity)
+        while cap < n:
+            cap *= 2
+        st = cls(replace(cfg, initial_capacity=cap))
+        fine, coarse = snap.array("fine"), snap.array("coarse")
+        if fine.shape != (n, cfg.n_fine, N_ROLL) or coarse.shape != (n, cfg.n_coarse, N_COARSE):
+            raise SnapshotError("snapshot arrays do not match its scope list")
+        st.fine[:n] = fine
+        st.coarse[:n] = coarse
+        st.baseline[:n] = snap.array("baseline")
+        st.last_seen[:n] = snap.array("last_seen")
+        st.kind[:n] = snap.array("kind")
+        st.frozen[:n] = snap.array("frozen")
+        st.active[:n] = True
+        st.rows = {nm: i for i, nm in enumerate(names)}
+        st.names[:n] = names
+        st._free = list(range(st.capacity - 1, n - 1, -1))
+        st.fine_head = int(m["fine_head"])
+        st.coarse_head = int(m["coarse_head"])
+        st.watermark = float(m["watermark"])
+        st.merged_early = bool(m["merged_early"])
+        for c in _COUNTERS:
+            setattr(st, c, int(m[c]))
+        e_starts = snap.array("early_starts").astype(np.int64)
+        if e_starts.size:
+            st._early = [
+                (unstrings(snap.array("early_names")), e_starts, snap.array("early_counts"))
+            ]
+            st._early_rows = int(e_starts.size)
+        return st
 
     # ----------------------------------------------------------------------------- read
     def fine_sum(self, k: int, rows: NDArray[np.intp] | None = None) -> NDArray[np.int64]:
