@@ -135,6 +135,8 @@ def run_faust_mode(mode: str, bootstrap: str, topic: str, n: int, out: Path) -> 
             topic_dlq=f"{topic}.dlq",
             topic_rollup=f"bench-{tag}.rollup",
             topic_incidents=f"bench-{tag}.incidents",
+            topic_state=f"bench-{tag}.state",
+            topic_ingest_state=f"bench-{tag}.state.ingest",
             web_port=int(os.environ.get("BENCH_WEB_PORT", "6099")),
             data_dir=Path(tempfile.mkdtemp()),
             log_level="warning",

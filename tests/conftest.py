@@ -46,6 +46,7 @@ class WorkerProc:
 
     def __init__(self, bootstrap: str, tmp: Path, partitions: int = 3) -> None:
         tag = uuid.uuid4().hex[:8]
+        tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.env = dict(os.environ)
         self.env.update(
@@ -55,6 +56,8 @@ class WorkerProc:
             REPMON_TOPIC_DLQ=f"it-{tag}.events.dlq",
             REPMON_TOPIC_ROLLUP=f"it-{tag}.rollup",
             REPMON_TOPIC_INCIDENTS=f"it-{tag}.incidents",
+            REPMON_TOPIC_STATE=f"it-{tag}.state",
+            REPMON_TOPIC_INGEST_STATE=f"it-{tag}.state.ingest",
             REPMON_TOPIC_PARTITIONS=str(partitions),
             REPMON_WEB_PORT=str(self.port),
             REPMON_DATA_DIR=str(tmp / "faust"),
@@ -62,7 +65,7 @@ class WorkerProc:
         )
         self.topics = {
             k: self.env[f"REPMON_TOPIC_{k.upper()}"]
-            for k in ("events", "dlq", "rollup", "incidents")
+            for k in ("events", "dlq", "rollup", "incidents", "state", "ingest_state")
         }
         self.log_path = tmp / "worker.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -89,7 +92,7 @@ class WorkerProc:
 
         # create the topics first, so the producer and the worker agree on partitions
         ensure_topics(Settings(_env_file=None, **self.settings_kwargs()))
-        log = self.log_path.open("wb")
+        log = self.log_path.open("ab")  # a restarted worker appends
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "worker"],
             env=self.env,
@@ -117,6 +120,8 @@ class WorkerProc:
             "topic_dlq": self.topics["dlq"],
             "topic_rollup": self.topics["rollup"],
             "topic_incidents": self.topics["incidents"],
+            "topic_state": self.topics["state"],
+            "topic_ingest_state": self.topics["ingest_state"],
             "topic_partitions": int(self.env["REPMON_TOPIC_PARTITIONS"]),
         }
 

@@ -165,6 +165,8 @@ def read_incidents_until(
         bootstrap_servers=bootstrap,
         auto_offset_reset="earliest",
         consumer_timeout_ms=1000,
+        # incident changes are written in the owner's transactions (with its snapshot)
+        isolation_level="read_committed",
     )
     found: list[dict[str, Any]] = []
 

@@ -1019,11 +1019,10 @@ def test_duplicates_are_exported_and_shown() -> None:
     assert "repmon_events_duplicate_total 2.0" in text
     # and in /status
     from models.classify.classifier import Classifier
-    from models.detect.monitor import Monitor
     from streams.worker.app import WorkerState, status_document
     from streams.worker.settings import Settings
 
-    state = WorkerState(settings=Settings(), classifier=Classifier(), metrics=m, monitor=Monitor())
+    state = WorkerState(settings=Settings(), classifier=Classifier(), metrics=m)
     state.pipeline(0).feed_many([_raw(**_DUP)] * 2)
     state.pipeline(1).feed_many([_raw(**_DUP)] * 3)
     ingest = status_document(state)["ingest"]

@@ -1,4 +1,4 @@
-"""streams.worker.app rollup helpers: wire format and ownership split keep totals exact."""
+"""streams.worker.wire rollup helpers: wire format and ownership split keep totals exact."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from models.schema import N_COLUMNS
 from models.state.deltas import Deltas
-from streams.worker.app import (
+from streams.worker.wire import (
     chunk_deltas,
     decode_deltas,
     decode_message,

@@ -20,160 +20,47 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hmac
+import itertools
 import logging
 import math
 import os
 import socket
 import time
 import uuid
-import zlib
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 import msgspec
-import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from models.classify.classifier import Classifier
 from models.detect.monitor import Monitor, MonitorConfig
-from models.ingest.pipeline import Pipeline, Rejection
-from models.schema import N_COLUMNS
+from models.ingest.pipeline import Pipeline, PipelineStats, Rejection
 from models.state.deltas import Deltas
 from models.state.rolling import RollingConfig
+from models.state.snapshot import Snap, SnapshotError, decode, encode
 from models.state.watermark import PartitionClock, WatermarkTracker
 from streams.worker.decoding import ingest_pipeline
 from streams.worker.metrics import Metrics
+from streams.worker.owners import EveryThirtySeconds, MonitorView, Owner, install_log_filter
 from streams.worker.settings import Settings
+from streams.worker.snapstore import pieces, read_newest, state_partition
+from streams.worker.wire import (
+    MAX_ROWS_PER_MESSAGE,
+    chunk_deltas,
+    decode_message,
+    encode_deltas,
+    split_by_owner,
+)
 
 log = logging.getLogger("repmon.worker")
-
-
-class DeltaMessage(msgspec.Struct, array_like=True):
-    """Wire form of a Deltas on repmon.rollup (msgpack)."""
-
-    src: str
-    seq: int
-    watermark: float
-    scopes: list[str]
-    scope_idx: bytes  # int32
-    bucket_start: bytes  # int64
-    counts: bytes  # int64, (n, ncol)
-    ncol: int
-    replies: list[tuple[int, str, int]]
-    #: the input partition whose events these are, and whether its reader is idle (caught up and
-    #: quiet: it does not hold the owners' watermark back); defaults keep older messages readable
-    part: int = -1
-    idle: bool = False
-
-
-_delta_encoder = msgspec.msgpack.Encoder()
-_delta_decoder = msgspec.msgpack.Decoder(DeltaMessage)
-
-
-def encode_deltas(d: Deltas, src: str, seq: int, part: int = -1, idle: bool = False) -> bytes:
-    return _delta_encoder.encode(
-        DeltaMessage(
-            src=src,
-            seq=seq,
-            watermark=d.watermark,
-            scopes=d.scopes,
-            scope_idx=d.scope_idx.astype(np.int32).tobytes(),
-            bucket_start=d.bucket_start.astype(np.int64).tobytes(),
-            counts=np.ascontiguousarray(d.counts, dtype=np.int64).tobytes(),
-            ncol=N_COLUMNS,
-            replies=d.replies,
-            part=part,
-            idle=idle,
-        )
-    )
-
-
-def decode_deltas(raw: bytes) -> tuple[Deltas, str, int]:
-    d, m = decode_message(raw)
-    return d, m.src, m.seq
-
-
-def decode_message(raw: bytes) -> tuple[Deltas, DeltaMessage]:
-    """The Deltas and the message's envelope (source, seq, input partition, idle)."""
-    m = _delta_decoder.decode(raw)
-    if m.ncol != N_COLUMNS:
-        raise ValueError(f"delta with {m.ncol} columns, this worker knows {N_COLUMNS}")
-    n = len(m.scope_idx) // 4
-    d = Deltas(
-        scopes=m.scopes,
-        scope_idx=np.frombuffer(m.scope_idx, dtype=np.int32).copy(),
-        bucket_start=np.frombuffer(m.bucket_start, dtype=np.int64).copy(),
-        counts=np.frombuffer(m.counts, dtype=np.int64).reshape(n, N_COLUMNS).copy(),
-        replies=[(int(a), str(b), int(c)) for a, b, c in m.replies],
-        watermark=m.watermark,
-    )
-    return d, m
-
-
-def owner_partition(scope: str, partitions: int) -> int:
-    """The rollup partition that owns a scope: stable across processes and restarts."""
-    return zlib.crc32(scope.encode("utf-8")) % partitions
-
-
-def split_by_owner(d: Deltas, partitions: int) -> dict[int, Deltas]:
-    """Split one Deltas into one per owning rollup partition (vectorised over rows)."""
-    if len(d) == 0:
-        return {}
-    owner_of_scope = np.array([owner_partition(s, partitions) for s in d.scopes], dtype=np.int64)
-    row_owner = owner_of_scope[d.scope_idx]
-    out: dict[int, Deltas] = {}
-    for p in np.unique(row_owner):
-        rows = np.flatnonzero(row_owner == p)
-        used, local = np.unique(d.scope_idx[rows], return_inverse=True)
-        remap = {int(g): i for i, g in enumerate(used)}
-        out[int(p)] = Deltas(
-            scopes=[d.scopes[int(g)] for g in used],
-            scope_idx=local.astype(np.int32),
-            bucket_start=d.bucket_start[rows],
-            counts=d.counts[rows],
-            replies=[(remap[i], t, c) for i, t, c in d.replies if i in remap],
-            watermark=d.watermark,
-        )
-    return out
-
-
-#: rows of one rollup message at most: a row is N_COLUMNS int64 counts plus its scope, so 2,000
-#: rows stay well under the broker's default 1 MB message limit
-MAX_ROWS_PER_MESSAGE = 2000
-
-
-def chunk_deltas(d: Deltas, max_rows: int) -> list[Deltas]:
-    """``d`` in pieces of at most ``max_rows`` rows (one empty piece for an empty ``d``); each
-    piece names only its own scopes, and replies go with the piece that has their scope."""
-    n = len(d)
-    if n <= max_rows:
-        return [d]
-    out: list[Deltas] = []
-    first_piece: dict[int, tuple[int, int]] = {}  # scope index in d -> (piece, index in piece)
-    for lo in range(0, n, max_rows):
-        rows = np.arange(lo, min(n, lo + max_rows))
-        used, local = np.unique(d.scope_idx[rows], return_inverse=True)
-        for j, g in enumerate(used.tolist()):
-            first_piece.setdefault(g, (len(out), j))
-        out.append(
-            Deltas(
-                scopes=[d.scopes[int(g)] for g in used],
-                scope_idx=local.astype(np.int32),
-                bucket_start=d.bucket_start[rows],
-                counts=d.counts[rows],
-                watermark=d.watermark,
-            )
-        )
-    for i, text, cnt in d.replies:  # a scope's replies go with its first piece
-        where = first_piece.get(i)
-        if where is not None:
-            out[where[0]].replies.append((where[1], text, cnt))
-    return out
 
 
 #: the most scopes per kind /status returns
@@ -192,75 +79,114 @@ def check_token(expected: str, header: str | None) -> str | None:
 
 
 @dataclass
+class Warming:
+    """An input partition being warmed up after assignment: the records from its ingest
+    snapshot's offset to the committed offset are read again into ``pipe`` to rebuild the
+    duplicate window and the known-good memory; their counts are thrown away (the owners have
+    them already)."""
+
+    pipe: Pipeline
+    until: int  #: the committed offset: records from here on are counted
+    events: int = 0
+
+
+@dataclass
 class WorkerState:
     settings: Settings
     classifier: Classifier
     metrics: Metrics
-    monitor: Monitor
     instance: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     )
     pipelines: dict[int, Pipeline] = field(default_factory=dict)
+    #: input partitions whose memories are being rebuilt (not counted, not in ``pipelines``)
+    warming: dict[int, Warming] = field(default_factory=dict)
     #: the event-time clock of each input partition (a lone event far ahead does not move it)
     clocks: dict[int, PartitionClock] = field(default_factory=dict)
     seq: dict[int, int] = field(default_factory=dict)
     last_sent_wm: dict[int, tuple[float, bool]] = field(default_factory=dict)
     #: monotonic time of the last record fed per input partition (-inf: never)
     last_fed: dict[int, float] = field(default_factory=dict)
-    seen_seqs: dict[str, set[int]] = field(default_factory=dict)
+    #: the owned rollup partitions and their Monitors
+    owners: dict[int, Owner] = field(default_factory=dict)
+    #: rollup partitions being restored from their snapshot
+    restoring: set[int] = field(default_factory=set)
     #: the owners' event time: min over live (input partition, rollup partition) reports
     tracker: WatermarkTracker = field(init=False)
+    monitor: MonitorView = field(init=False)
+    monitor_config: MonitorConfig = field(init=False)
     started: float = field(default_factory=time.time)
     ticks: int = 0
     rollup_partitions: int = 0
     consumer: AIOKafkaConsumer | None = None
+    rollup_consumer: AIOKafkaConsumer | None = None
+    #: input partitions assigned and restored (a batch of any other partition is dropped)
+    assigned: set[TopicPartition] = field(default_factory=set)
     #: next offset to commit per input partition (last fed + 1)
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
-
-    def pipeline(self, partition: int) -> Pipeline:
-        p = self.pipelines.get(partition)
-        if p is None:
-            p = ingest_pipeline(
-                self.classifier,
-                bucket_s=self.settings.bucket_s,
-                clock=time.time,
-                max_future_skew_s=self.settings.max_future_skew_s,
-            )
-            self.pipelines[partition] = p
-        return p
-
-    def remember(self, src: str, seq: int) -> bool:
-        """Record a delta's (source, seq); False when it was seen already (a redelivery)."""
-        seen = self.seen_seqs.setdefault(src, set())
-        if seq in seen:
-            return False
-        seen.add(seq)
-        if len(seen) > 8192:  # keep the newest half: redeliveries are recent
-            cut = sorted(seen)[len(seen) // 2]
-            self.seen_seqs[src] = {x for x in seen if x >= cut}
-        return True
-
+    #: per input partition: monotonic time of its last ingest snapshot
+    ingest_snapshot_at: dict[int, float] = field(default_factory=dict)
+    ingest_generation: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: total input lag after each of the last ticks (readiness: "lag not growing")
+    lag_history: deque[int] = field(default_factory=lambda: deque(maxlen=64))
     #: monotonic times: last ingest failure, last time it was logged, last completed tick
     ingest_error_at: float = -math.inf
     ingest_error_logged: float = -math.inf
     last_tick_done: float = -math.inf
-
-    def readiness_problems(self) -> list[str]:
-        """Why this worker is not ready (empty: ready): the ingest consumer runs, no ingest
-        failure in the last 10 s, and a tick completed recently."""
-        now = time.monotonic()
-        out = []
-        if self.consumer is None:
-            out.append("the ingest consumer is not running (broker unreachable or starting)")
-        if now - self.ingest_error_at < 10.0:
-            out.append(f"ingest failed {now - self.ingest_error_at:.0f} s ago")
-        limit = max(5.0, 3 * self.settings.tick_s)
-        if now - self.last_tick_done > limit:
-            out.append(f"no tick completed in the last {limit:.0f} s")
-        return out
+    #: last failure of the rollup consumer or of an owner's transaction
+    owner_error_at: float = -math.inf
+    owner_error_logged: float = -math.inf
+    #: set on a clean stop: the ingest loop reads nothing more
+    stopping: bool = False
 
     def __post_init__(self) -> None:
         self.tracker = WatermarkTracker(self.settings.source_idle_s)
+        self.monitor_config = MonitorConfig(
+            rolling=RollingConfig(max_scopes=self.settings.max_scopes)
+        )
+        self.monitor = MonitorView(self.owners, self.monitor_config)
+
+    def new_pipeline(self) -> Pipeline:
+        return ingest_pipeline(
+            self.classifier,
+            bucket_s=self.settings.bucket_s,
+            clock=time.time,
+            max_future_skew_s=self.settings.max_future_skew_s,
+        )
+
+    def pipeline(self, partition: int) -> Pipeline:
+        p = self.pipelines.get(partition)
+        if p is None:
+            p = self.pipelines[partition] = self.new_pipeline()
+        return p
+
+    def readiness_problems(self) -> list[str]:
+        """Why this worker is not ready (empty: ready): see docs/architecture.md, "Health"."""
+        now = time.monotonic()
+        s = self.settings
+        out = []
+        if self.consumer is None:
+            out.append("the ingest consumer is not running (broker unreachable or starting)")
+        if self.rollup_consumer is None:
+            out.append("the rollup consumer is not running (broker unreachable or starting)")
+        if now - self.ingest_error_at < 10.0:
+            out.append(f"ingest failed {now - self.ingest_error_at:.0f} s ago")
+        if now - self.owner_error_at < 10.0:
+            out.append(
+                f"detection state failed to reach Kafka {now - self.owner_error_at:.0f} s ago"
+            )
+        if self.restoring:
+            out.append(f"restoring the state of rollup partitions {sorted(self.restoring)}")
+        if self.warming:
+            out.append(f"rebuilding the ingest memories of partitions {sorted(self.warming)}")
+        limit = max(5.0, 3 * s.tick_s)
+        if now - self.last_tick_done > limit:
+            out.append(f"no tick completed in the last {limit:.0f} s")
+        m = s.ready_lag_ticks
+        lags = list(self.lag_history)[-(m + 1) :]
+        if m and len(lags) == m + 1 and all(b > a for a, b in itertools.pairwise(lags)):
+            out.append(f"input lag grew in each of the last {m} ticks (now {lags[-1]} events)")
+        return out
 
     def watermark(self) -> float:
         """Event-time watermark of the rolling state (models/state/watermark.py): every delta up
@@ -289,6 +215,23 @@ def dlq_record(rej: Rejection, raw: bytes, topic: str, partition: int, offset: i
     )
 
 
+def consumer_options(settings: Settings, group: str) -> dict[str, Any]:
+    """Group options shared by the ingest and rollup consumers: a short session timeout, and
+    static membership when the worker has a stable instance id (a restarted worker then gets
+    its partitions back at once, without waiting for its old session to time out)."""
+    timeout_ms = int(settings.session_timeout_s * 1000)
+    opts: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "group_id": f"{settings.app_id}.{group}",
+        "enable_auto_commit": False,
+        "session_timeout_ms": timeout_ms,
+        "heartbeat_interval_ms": max(100, timeout_ms // 3),
+    }
+    if settings.instance_id:
+        opts["group_instance_id"] = f"{settings.instance_id}.{group}"
+    return opts
+
+
 def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
     app = faust.App(
         settings.app_id,
@@ -304,6 +247,8 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         store="memory://",
         stream_buffer_maxsize=16384,
         broker_commit_every=10_000,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=max(0.1, settings.session_timeout_s / 3),
         producer_linger_ms=5,
         producer_max_request_size=4 << 20,
         consumer_max_fetch_size=8 << 20,
@@ -312,7 +257,6 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         settings=settings,
         classifier=Classifier(settings.rule_files),
         metrics=Metrics(),
-        monitor=Monitor(MonitorConfig(rolling=RollingConfig(max_scopes=settings.max_scopes))),
         rollup_partitions=settings.rollup_partitions,
     )
     dlq_topic = app.topic(settings.topic_dlq, value_type=bytes, value_serializer="raw")
@@ -322,8 +266,9 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         value_serializer="raw",
         partitions=settings.rollup_partitions,
     )
-    incidents_topic = app.topic(settings.topic_incidents, value_type=bytes, value_serializer="raw")
     m = state.metrics
+    log_filter = EveryThirtySeconds()
+    plain: dict[str, AIOKafkaProducer] = {}
 
     async def dead_letter(rej: Rejection, value: bytes, rec: Any) -> None:
         await dlq_topic.send(
@@ -338,23 +283,160 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             rej.detail,
         )
 
-    class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def new_producer(**kw: Any) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            max_request_size=4 << 20,
+            linger_ms=5,
+            **kw,
+        )
+
+    async def plain_producer() -> AIOKafkaProducer:
+        prod = plain.get("p")
+        if prod is None:
+            prod = new_producer(acks="all")
+            await prod.start()
+            plain["p"] = prod
+        return prod
+
+    # ------------------------------------------------------------------ ingest: memories
+    async def write_ingest_snapshots(snaps: dict[int, tuple[Snap, int]]) -> None:
+        """Write the ingest memories of each partition with the offset they cover (committed)."""
+        prod = await plain_producer()
+        n_parts = settings.topic_partitions
+        for part, (snap, offset) in snaps.items():
+            t0 = time.perf_counter()
+            data = await asyncio.to_thread(encode, snap)
+            owner = f"i/{settings.topic_events}/{part}"
+            gen, prev = state.ingest_generation.get(part, (0, 0))
+            recs = pieces(owner, data, gen + 1, {"offset": offset, "previous_pieces": prev})
+            target = state_partition(owner, n_parts)
+            futs = [
+                await prod.send(settings.topic_ingest_state, key=k, value=v, partition=target)
+                for k, v in recs
+            ]
+            for f in futs:
+                await f
+            state.ingest_generation[part] = (gen + 1, len(recs) - 1 - prev)
+            state.ingest_snapshot_at[part] = time.monotonic()
+            m.snapshot_written("ingest", len(data), time.perf_counter() - t0)
+
+    async def restore_ingest(consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+        """Give partition ``tp`` a Pipeline with its memories: restored from its snapshot and
+        brought up to the committed offset by reading the records in between again."""
+        part = tp.partition
+        pipe = state.new_pipeline()
+        committed = await consumer.committed(tp)
+        stored = None
+        try:
+            stored = await read_newest(
+                settings.kafka_bootstrap,
+                settings.topic_ingest_state,
+                settings.topic_partitions,
+                f"i/{settings.topic_events}/{part}",
+            )
+        except (KafkaError, TimeoutError, OSError) as exc:
+            log.warning("ingest memories of partition %d not read (%s): starting empty", part, exc)
+        if stored is None:
+            m.restore("ingest", "cold")
+            state.pipelines[part] = pipe
+            return
+        offset = int(stored.meta["offset"])
+        if committed is None or offset > committed:
+            # memories from beyond the committed offset would take the events read next for
+            # duplicates of themselves: start empty instead
+            log.warning(
+                "ingest snapshot of partition %d is at offset %d, past the committed %s: "
+                "starting with empty memories",
+                part,
+                offset,
+                committed,
+            )
+            m.restore("ingest", "cold")
+            state.pipelines[part] = pipe
+            return
+        try:
+            pipe.restore_memories(decode(stored.data))
+        except SnapshotError as exc:
+            log.warning("ingest memories of partition %d not restored: %s", part, exc)
+            m.restore("ingest", "failed")
+            state.pipelines[part] = state.new_pipeline()
+            return
+        state.ingest_generation[part] = (
+            int(stored.meta["generation"]),
+            int(stored.meta["pieces"]),
+        )
+        m.restore("ingest", "restored")
+        log.info(
+            "partition %d: memories restored (snapshot at offset %d, committed %d)",
+            part,
+            offset,
+            committed,
+        )
+        if offset == committed:
+            state.pipelines[part] = pipe
+            return
+        consumer.seek(tp, offset)
+        state.warming[part] = Warming(pipe, committed)
+        log.info(
+            "partition %d: re-reading offsets %d..%d into its memories", part, offset, committed
+        )
+
+    def warm(part: int, recs: list[Any]) -> list[Any]:
+        """Feed the records before the warming partition's committed offset to its memories;
+        returns the records to count."""
+        w = state.warming[part]
+        k = 0
+        while k < len(recs) and recs[k].offset < w.until:
+            k += 1
+        if k:
+            values = [r.value if r.value is not None else b"" for r in recs[:k]]
+            w.pipe.feed_many(values)
+            w.events += k
+            m.warmup_events.inc(k)
+        if k < len(recs) or (recs and recs[-1].offset + 1 >= w.until):
+            # caught up: keep the memories and the clock, drop the counts (already counted)
+            pipe = w.pipe
+            clock = state.clocks.setdefault(part, PartitionClock())
+            if pipe.pending():
+                clock.running(pipe.pending_timestamps())
+            pipe.flush()
+            pipe.stats = PipelineStats()
+            del state.warming[part]
+            state.pipelines[part] = pipe
+            log.info("partition %d: memories rebuilt from %d events", part, w.events)
+        return recs[k:]
+
+    def forget_partition(tp: TopicPartition) -> None:
+        state.assigned.discard(tp)
+        state.pipelines.pop(tp.partition, None)
+        state.warming.pop(tp.partition, None)
+        state.clocks.pop(tp.partition, None)
+        state.offsets.pop(tp, None)
+
+    class IngestRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+        def __init__(self, consumer: AIOKafkaConsumer) -> None:
+            self.consumer = consumer
+
         async def on_partitions_revoked(self, revoked: Any) -> None:
-            # hand the partitions over with everything counted so far sent and committed
-            await flush_and_commit()
-            for tp in revoked:
-                state.pipelines.pop(tp.partition, None)
-                state.clocks.pop(tp.partition, None)
-                state.offsets.pop(tp, None)
+            # hand the partitions over with everything counted so far sent and committed, and
+            # their memories written, so that the next reader starts where this one stops
+            async with flush_lock:
+                await _flush_and_commit({tp.partition for tp in revoked})
+                for tp in revoked:
+                    forget_partition(tp)
 
         async def on_partitions_assigned(self, assigned: Any) -> None:
             log.info("ingest partitions assigned: %s", sorted(tp.partition for tp in assigned))
-            # every assigned partition reports its watermark, even before (or without) data
-            for tp in assigned:
-                state.pipeline(tp.partition)
+            async with flush_lock:
+                for tp in assigned:
+                    forget_partition(tp)  # whatever a batch read before the rebalance left
+                    await restore_ingest(self.consumer, tp)
+                    state.assigned.add(tp)
 
     @app.task
     async def ingest() -> None:
+        install_log_filter(log_filter)
         while True:
             try:
                 await ingest_once()
@@ -371,15 +453,13 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
 
     async def ingest_once() -> None:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            group_id=f"{settings.app_id}.ingest",
+            **consumer_options(settings, "ingest"),
             client_id=state.instance,
-            enable_auto_commit=False,
             auto_offset_reset=settings.auto_offset_reset,
             max_partition_fetch_bytes=8 << 20,
             fetch_max_bytes=64 << 20,
         )
-        consumer.subscribe([settings.topic_events], listener=Rebalance())
+        consumer.subscribe([settings.topic_events], listener=IngestRebalance(consumer))
         await consumer.start()
         state.consumer = consumer
         parts = consumer.partitions_for_topic(settings.topic_events)
@@ -387,46 +467,262 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             state.tracker.expect(len(parts), time.monotonic())
         try:
             while True:
+                if state.stopping:  # handing over: read nothing more
+                    await asyncio.sleep(0.2)
+                    continue
                 batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
-                for tp, recs in batch.items():
-                    if not recs:
-                        continue
-                    values = [rec.value if rec.value is not None else b"" for rec in recs]
-                    for i, rej in state.pipeline(tp.partition).feed_many(values):
-                        await dead_letter(rej, values[i], recs[i])
-                    state.offsets[tp] = recs[-1].offset + 1
-                    state.last_fed[tp.partition] = time.monotonic()
+                # one batch at a time against flushes, commits and revocations: a partition
+                # revoked meanwhile is skipped, and no flush sees a batch's counts without
+                # its offsets (the next reader would count them again)
+                async with flush_lock:
+                    for tp, recs in batch.items():
+                        if tp not in state.assigned:  # revoked since the fetch
+                            continue
+                        if tp.partition in state.warming:
+                            recs = warm(tp.partition, recs)
+                        if not recs:
+                            continue
+                        values = [rec.value if rec.value is not None else b"" for rec in recs]
+                        for i, rej in state.pipeline(tp.partition).feed_many(values):
+                            await dead_letter(rej, values[i], recs[i])
+                        state.offsets[tp] = recs[-1].offset + 1
+                        state.last_fed[tp.partition] = time.monotonic()
         finally:
             state.consumer = None
             await consumer.stop()
 
-    @app.agent(rollup_topic, name="repmon.rollup")
-    async def rollup(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            value = event.value
-            owner = event.message.partition
-            try:
-                d, env = decode_message(bytes(value))
-                src, seq = env.src, env.seq
-            except (msgspec.DecodeError, ValueError) as exc:
-                m.rollup_bad.inc()
-                log.error("undecodable rollup message dropped: %s", exc)
-                continue
-            if not state.remember(src, seq):
-                m.rollup_duplicates.inc()
-                continue
-            part = env.part if env.part >= 0 else int(src.rpartition("/")[2] or 0)
-            state.tracker.report(part, owner, d.watermark, env.idle, time.monotonic())
-            if len(d):
-                state.monitor.add(d)
-            m.rollup_messages.inc()
+    # ------------------------------------------------------------------ owners
+    def owner_failed(what: str, exc: BaseException) -> None:
+        state.owner_error_at = time.monotonic()
+        m.owner_failures.inc()
+        if time.monotonic() - state.owner_error_logged >= 30.0:
+            state.owner_error_logged = time.monotonic()
+            log.warning("%s failed (retrying): %r", what, exc)
 
+    async def open_owner(consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+        """Take rollup partition ``tp`` over: fence its previous owner, restore its Monitor
+        from the newest snapshot and continue reading right after what the snapshot covers."""
+        p = tp.partition
+        state.restoring.add(p)
+        try:
+            producer = new_producer(
+                transactional_id=f"{settings.app_id}.owner.{p}", enable_idempotence=True
+            )
+            await producer.start()  # fences a previous owner's unfinished transaction
+            stored = await read_newest(
+                settings.kafka_bootstrap,
+                settings.topic_state,
+                settings.rollup_partitions,
+                f"o/{settings.topic_rollup}/{p}",
+            )
+            end = (await consumer.end_offsets([tp]))[tp]
+            if stored is not None and int(stored.meta.get("offset", 0)) > end:
+                log.warning(
+                    "rollup partition %d: snapshot at offset %s is past the end of the topic "
+                    "(%d): it belongs to an earlier topic of that name; starting empty",
+                    p,
+                    stored.meta.get("offset"),
+                    end,
+                )
+                stored = None
+            owner = Owner(p, Monitor(state.monitor_config), producer)
+            if stored is not None:
+                try:
+                    snap = await asyncio.to_thread(decode, stored.data)
+                    owner.monitor = Monitor.restore(snap, state.monitor_config)
+                    owner.seen = {s: set(v) for s, v in snap.meta.get("seen", {}).items()}
+                    owner.next_offset = int(stored.meta["offset"])
+                    owner.generation = owner.restored_from = int(stored.meta["generation"])
+                    owner.pieces = int(stored.meta["pieces"])
+                    consumer.seek(tp, owner.next_offset)
+                    m.restore("owner", "restored")
+                    log.info(
+                        "rollup partition %d restored: generation %d, %d scopes, %d open "
+                        "incidents, from offset %d",
+                        p,
+                        owner.generation,
+                        len(owner.monitor.store.rows),
+                        len(owner.monitor.open_incidents()),
+                        owner.next_offset,
+                    )
+                except (SnapshotError, KeyError, ValueError) as exc:
+                    log.warning("rollup partition %d: snapshot not restored: %s", p, exc)
+                    m.restore("owner", "failed")
+                    owner.monitor = Monitor(state.monitor_config)
+                    stored = None
+            if stored is None:
+                committed = await consumer.committed(tp)
+                if committed is None:
+                    await consumer.seek_to_beginning(tp)
+                    owner.next_offset = 0
+                else:
+                    consumer.seek(tp, committed)
+                    owner.next_offset = committed
+                m.restore("owner", "cold")
+            state.owners[p] = owner
+        finally:
+            state.restoring.discard(p)
+
+    async def close_owner(p: int) -> None:
+        owner = state.owners.get(p)
+        if owner is None:
+            return
+        try:
+            await owner_commit(owner, force=True)
+        finally:
+            state.owners.pop(p, None)
+            state.tracker.forget_owner(p)
+            if owner.producer is not None:
+                await owner.producer.stop()
+
+    async def owner_commit(owner: Owner, force: bool = False) -> None:
+        """Write the owner's pending incident changes and a snapshot of its Monitor in one
+        transaction: the changes are published exactly when the state that made them is."""
+        async with owner.lock:
+            if not owner.pending and not force:
+                due = time.monotonic() - owner.last_snapshot >= settings.snapshot_every_s
+                if not (due and owner.added_since_snapshot):
+                    return
+            prod = owner.producer
+            if prod is None:
+                return
+            t0 = time.perf_counter()
+            snap = owner.monitor.snapshot()
+            snap.meta["seen"] = owner.seen_state()
+            offset, added = owner.next_offset, owner.added_since_snapshot
+            changes = list(owner.pending)
+            data = await asyncio.to_thread(encode, snap)
+            key = f"o/{settings.topic_rollup}/{owner.partition}"
+            recs = pieces(
+                key,
+                data,
+                owner.generation + 1,
+                {"offset": offset, "previous_pieces": owner.pieces},
+            )
+            target = state_partition(key, settings.rollup_partitions)
+            try:
+                async with prod.transaction():
+                    for ch in changes:
+                        rec = ch.to_json()
+                        await prod.send(
+                            settings.topic_incidents,
+                            key=str(rec["id"]).encode(),
+                            value=orjson.dumps(rec),
+                        )
+                    for k, v in recs:
+                        await prod.send(settings.topic_state, key=k, value=v, partition=target)
+            except (TimeoutError, KafkaError, OSError) as exc:
+                owner_failed(f"snapshot of rollup partition {owner.partition}", exc)
+                return
+            del owner.pending[: len(changes)]
+            owner.generation += 1
+            owner.pieces = sum(1 for k, v in recs if v is not None) - 1
+            owner.last_snapshot = time.monotonic()
+            owner.added_since_snapshot -= added
+            m.snapshot_written("owner", len(data), time.perf_counter() - t0)
+            for ch in changes:
+                rec = ch.to_json()
+                m.incident_change(rec)
+                log.warning(
+                    "incident %s %s %s at %s", rec["action"], rec["type"], rec["scope"], rec["id"]
+                )
+            consumer = state.rollup_consumer
+            if consumer is not None:
+                with contextlib.suppress(KafkaError, AssertionError, CommitFailedError):
+                    tp = TopicPartition(settings.topic_rollup, owner.partition)
+                    if tp in consumer.assignment():
+                        await consumer.commit({tp: offset})
+
+    class OwnerRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+        def __init__(self, consumer: AIOKafkaConsumer) -> None:
+            self.consumer = consumer
+
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            for tp in revoked:
+                try:
+                    await close_owner(tp.partition)
+                except Exception as exc:  # the next owner restores the previous snapshot
+                    owner_failed(f"handing over rollup partition {tp.partition}", exc)
+
+        async def on_partitions_assigned(self, assigned: Any) -> None:
+            log.info("rollup partitions assigned: %s", sorted(tp.partition for tp in assigned))
+            for tp in assigned:
+                if tp.partition not in state.owners:
+                    await open_owner(self.consumer, tp)
+
+    @app.task
+    async def rollup() -> None:
+        while True:
+            try:
+                await rollup_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                owner_failed("rollup consumer", exc)
+                await asyncio.sleep(1.0)
+
+    async def rollup_once() -> None:
+        consumer = AIOKafkaConsumer(
+            **consumer_options(settings, "rollup"),
+            client_id=state.instance,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=8 << 20,
+        )
+        consumer.subscribe([settings.topic_rollup], listener=OwnerRebalance(consumer))
+        await consumer.start()
+        state.rollup_consumer = consumer
+        yielded = time.perf_counter()
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=200, max_records=1000)
+                for tp, recs in batch.items():
+                    for rec in recs:
+                        owner = state.owners.get(tp.partition)
+                        if owner is None:
+                            break  # revoked meanwhile
+                        if rec.offset < owner.next_offset:
+                            continue  # covered by the restored snapshot
+                        add_rollup(owner, rec.value or b"")
+                        owner.next_offset = rec.offset + 1
+                        owner.added_since_snapshot += 1
+                        # a backlog's messages carry thousands of rows each: let the web
+                        # server and the ticks in between (the state stays consistent: the
+                        # offset moves with every message added)
+                        if time.perf_counter() - yielded > 0.05:
+                            await asyncio.sleep(0)
+                            yielded = time.perf_counter()
+        finally:
+            state.rollup_consumer = None
+            for p in list(state.owners):
+                with contextlib.suppress(Exception):
+                    await close_owner(p)
+            await consumer.stop()
+
+    def add_rollup(owner: Owner, value: bytes) -> None:
+        try:
+            d, env = decode_message(value)
+        except (msgspec.DecodeError, ValueError) as exc:
+            m.rollup_bad.inc()
+            log.error("undecodable rollup message dropped: %s", exc)
+            return
+        if not owner.remember(env.src, env.seq):
+            m.rollup_duplicates.inc()
+            return
+        part = env.part if env.part >= 0 else int(env.src.rpartition("/")[2] or 0)
+        state.tracker.report(part, owner.partition, d.watermark, env.idle, time.monotonic())
+        if len(d):
+            owner.monitor.add(d)
+        m.rollup_messages.inc()
+
+    # ------------------------------------------------------------------ flush
     flush_lock = asyncio.Lock()
 
-    async def flush_and_commit() -> None:
-        """Flush every pipeline, send its deltas, wait for Kafka's acks, commit the offsets."""
+    async def flush_and_commit(snapshot: set[int] | None = None) -> None:
+        """Flush every pipeline, send its deltas, wait for Kafka's acks, commit the offsets;
+        then write the ingest memories of the partitions in ``snapshot`` (or due)."""
         async with flush_lock:
-            await _flush_and_commit()
+            await _flush_and_commit(snapshot or set())
 
     async def caught_up_partitions() -> set[int]:
         """Input partitions whose read position is at the high-water mark (nothing to read)."""
@@ -446,10 +742,13 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
                 out.add(tp.partition)
         return out
 
-    async def _flush_and_commit() -> None:
-        # no await between the offset snapshot and the flushes: they cover the same events
+    async def _flush_and_commit(force_snapshot: set[int]) -> None:
+        # no await between the offset snapshot and the flushes: they cover the same events,
+        # and so do the memories taken here for an ingest snapshot
         offsets = dict(state.offsets)
         flushed = []
+        mems: dict[int, tuple[Snap, int]] = {}
+        now = time.monotonic()
         for part, pipe in list(state.pipelines.items()):
             pending = pipe.pending()
             clock = state.clocks.setdefault(part, PartitionClock())
@@ -459,6 +758,11 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             d.watermark = clock.watermark
             m.observe_pipeline(part, pipe, d)
             flushed.append((part, pending, d))
+            tp = TopicPartition(settings.topic_events, part)
+            last = state.ingest_snapshot_at.get(part, -math.inf)
+            due = now - last >= settings.snapshot_every_s and tp in offsets
+            if (part in force_snapshot or due) and tp in offsets:
+                mems[part] = (pipe.memories_snapshot(), offsets[tp])
         caught_up = await caught_up_partitions()
         acks = []
         for part, pending, d in flushed:
@@ -477,16 +781,16 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
                 if dd is None:
                     dd = Deltas.empty()
                     dd.watermark = d.watermark
-                pieces = chunk_deltas(dd, MAX_ROWS_PER_MESSAGE)
-                for i, piece in enumerate(pieces):
-                    last = i == len(pieces) - 1
-                    piece.watermark = d.watermark if last else prev_wm
+                chunks = chunk_deltas(dd, MAX_ROWS_PER_MESSAGE)
+                for i, piece in enumerate(chunks):
+                    last_piece = i == len(chunks) - 1
+                    piece.watermark = d.watermark if last_piece else prev_wm
                     seq = state.seq.get(part, 0)
                     state.seq[part] = seq + 1
                     acks.append(
                         await rollup_topic.send(
                             key=str(owner).encode(),
-                            value=encode_deltas(piece, src, seq, part, idle and last),
+                            value=encode_deltas(piece, src, seq, part, idle and last_piece),
                             partition=owner,
                         )
                     )
@@ -494,34 +798,44 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         for ack in acks:
             await ack
         consumer = state.consumer
+        committed = False
         if consumer is not None and offsets:
             mine = consumer.assignment()
             todo = {tp: off for tp, off in offsets.items() if tp in mine}
             try:
                 if todo:
                     await consumer.commit(todo)
+                committed = True
             except (CommitFailedError, KafkaError) as exc:
                 log.warning("offset commit failed (a rebalance?): %s", exc)
+            lag = 0
             for tp in mine:
                 hw = consumer.highwater(tp)
                 if hw is not None:
-                    m.consumer_lag.labels(str(tp.partition)).set(max(0, hw - offsets.get(tp, hw)))
+                    part_lag = max(0, hw - offsets.get(tp, hw))
+                    lag += part_lag
+                    m.consumer_lag.labels(str(tp.partition)).set(part_lag)
+            state.lag_history.append(lag)
+        if committed and mems:
+            try:
+                await write_ingest_snapshots(mems)
+            except (TimeoutError, KafkaError, OSError) as exc:
+                log.warning("ingest memories not written: %r", exc)
 
+    # ------------------------------------------------------------------ tick
     @app.timer(interval=settings.tick_s)
     async def tick() -> None:
         t0 = time.perf_counter()
         state.ticks += 1
+        install_log_filter(log_filter)
         await flush_and_commit()
         wm = state.watermark()
-        if wm > 0:
-            for change in state.monitor.advance_through(wm, settings.detect_every_s):
-                rec = change.to_json()
-                m.incident_change(rec)
-                log.warning(
-                    "incident %s %s %s at %s", rec["action"], rec["type"], rec["scope"], rec["id"]
-                )
-                await incidents_topic.send(key=str(rec["id"]).encode(), value=orjson.dumps(rec))
+        for owner in list(state.owners.values()):
+            if wm > 0:
+                owner.pending.extend(owner.monitor.advance_through(wm, settings.detect_every_s))
+            await owner_commit(owner)
         m.observe_monitor(state.monitor, wm)
+        m.log_lines_held.set(log_filter.suppressed)
         m.tick_seconds.observe(time.perf_counter() - t0)
         state.last_tick_done = time.monotonic()
 
@@ -561,6 +875,22 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             )
         return web.json(status_document(state, int(raw)))
 
+    @app.on_before_shutdown.connect
+    async def hand_over(app: Any, **kwargs: Any) -> None:
+        """On a clean stop, hand everything over: stop reading, send and commit what was
+        counted (after a tick in flight), write the memories, and a final snapshot per owned
+        rollup partition."""
+        state.stopping = True
+        with contextlib.suppress(Exception):
+            await flush_and_commit(snapshot=set(state.pipelines))
+        for p in list(state.owners):
+            with contextlib.suppress(Exception):
+                await close_owner(p)
+        prod = plain.pop("p", None)
+        if prod is not None:
+            with contextlib.suppress(Exception):
+                await prod.stop()
+
     return app, state
 
 
@@ -584,6 +914,10 @@ def status_document(state: WorkerState, top: int = 20) -> dict[str, Any]:
         "rollup": {
             "watermark": state.watermark(),
             "input_partitions": state.tracker.status(time.monotonic()),
+            "owned_partitions": {str(p): o.status() for p, o in sorted(state.owners.items())},
         },
         "monitor": state.monitor.status(top),
     }
+
+
+__all__ = ["WorkerState", "create_app", "status_document"]

@@ -153,6 +153,49 @@ class Metrics:
             "Times the input consumer failed and was restarted.",
             registry=r,
         )
+        self.snapshots = Counter(
+            "repmon_snapshots_written_total",
+            "Snapshots written to the state topics, by kind (owner: a rollup partition's "
+            "Monitor; ingest: an input partition's duplicate window and known-good memory).",
+            ["kind"],
+            registry=r,
+        )
+        self.snapshot_bytes = Gauge(
+            "repmon_snapshot_size_bytes",
+            "Size of the newest snapshot written, by kind (compressed).",
+            ["kind"],
+            registry=r,
+        )
+        self.snapshot_seconds = Histogram(
+            "repmon_snapshot_duration_seconds",
+            "Time to encode and write one snapshot, by kind.",
+            ["kind"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+            registry=r,
+        )
+        self.restores = Counter(
+            "repmon_state_restores_total",
+            "Partitions taken over, by kind and result (restored from a snapshot; cold: no "
+            "snapshot; failed: a snapshot that could not be read, started empty).",
+            ["kind", "result"],
+            registry=r,
+        )
+        self.warmup_events = Counter(
+            "repmon_state_warmup_events_total",
+            "Input records read again (not counted) to bring restored ingest memories up to the "
+            "committed offset.",
+            registry=r,
+        )
+        self.owner_failures = Counter(
+            "repmon_owner_failures_total",
+            "Failures of the rollup consumer or of an owner's snapshot transaction (retried).",
+            registry=r,
+        )
+        self.log_lines_held = Gauge(
+            "repmon_log_lines_held_back",
+            "Repeated Kafka client warnings held back by the 30 s log limit since start.",
+            registry=r,
+        )
         self.rollup_bad = Counter(
             "repmon_rollup_undecodable_total", "Undecodable delta messages dropped.", registry=r
         )
@@ -238,6 +281,14 @@ class Metrics:
                 if v is not None and np.isfinite(v):
                     self.provider_rate.labels(label, rate).set(float(v))
             self.provider_volume.labels(label).set(float(m15.get("counts", {}).get("attempts", 0)))
+
+    def snapshot_written(self, kind: str, size: int, seconds: float) -> None:
+        self.snapshots.labels(kind).inc()
+        self.snapshot_bytes.labels(kind).set(size)
+        self.snapshot_seconds.labels(kind).observe(seconds)
+
+    def restore(self, kind: str, result: str) -> None:
+        self.restores.labels(kind, result).inc()
 
     def incident_change(self, rec: dict[str, Any]) -> None:
         if rec.get("action") == "opened":

@@ -20,6 +20,10 @@ class Settings(BaseSettings):
     topic_dlq: str = "mail.events.dlq"
     topic_rollup: str = "repmon.rollup"
     topic_incidents: str = "repmon.incidents"
+    #: compacted topic of the detection owners' snapshots (one owner per rollup partition)
+    topic_state: str = "repmon.state"
+    #: compacted topic of the ingest memories' snapshots (one per input partition)
+    topic_ingest_state: str = "repmon.state.ingest"
     #: partitions of mail.events and repmon.rollup when repmon creates them
     topic_partitions: int = Field(default=6, ge=1, le=1024)
     #: partitions of repmon.rollup: the number of detection owners. 1 (the default) puts every
@@ -50,6 +54,16 @@ class Settings(BaseSettings):
     max_scopes: int = Field(default=500_000, ge=1000)
     #: bearer token for the data endpoints (/status); empty: open (bind to loopback then)
     api_token: str = ""
+    #: wall-clock seconds between two snapshots of an owner's Monitor or of an input partition's
+    #: memories (an owner also writes one with every incident change, in the same transaction)
+    snapshot_every_s: float = Field(default=30.0, gt=0.0, le=3600.0)
+    #: a stable name for this worker (e.g. the pod name): turns on static group membership, so
+    #: a restarted worker gets its partitions back at once instead of after the session timeout
+    instance_id: str = ""
+    #: Kafka consumer group session timeout: a worker that died is replaced after this long
+    session_timeout_s: float = Field(default=10.0, ge=1.0, le=300.0)
+    #: not ready when the input lag grew in each of this many consecutive ticks (0: never)
+    ready_lag_ticks: int = Field(default=30, ge=0, le=64 - 1)
     #: a worker whose source has sent nothing for this long stops holding the watermark back
     source_idle_s: float = Field(default=30.0, gt=0.0)
 

@@ -30,6 +30,17 @@ def wait_for_broker(bootstrap: str, timeout_s: float = 60.0) -> None:
     raise TimeoutError(f"no Kafka metadata from {bootstrap} within {timeout_s:.0f} s: {last}")
 
 
+#: configuration of the snapshot topics: compacted, and compacted soon (a snapshot's pieces are
+#: rewritten every snapshot_every_s), with room for one piece per message
+_STATE = {
+    "cleanup.policy": "compact",
+    "max.message.bytes": "4194304",
+    "min.cleanable.dirty.ratio": "0.1",
+    "segment.ms": "600000",
+    "delete.retention.ms": "600000",
+}
+
+
 def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> None:
     """Create repmon's topics if they do not exist (existing ones are left as they are)."""
     wait_for_broker(settings.kafka_bootstrap, timeout_s)
@@ -49,6 +60,9 @@ def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> None:
                 topic_configs={"max.message.bytes": "4194304"},
             ),
             NewTopic(settings.topic_incidents, 1, 1, topic_configs={"cleanup.policy": "compact"}),
+            # snapshots (streams/worker/snapstore.py): compacted, pieces of up to 1 MiB
+            NewTopic(settings.topic_state, settings.rollup_partitions, 1, topic_configs=_STATE),
+            NewTopic(settings.topic_ingest_state, p, 1, topic_configs=_STATE),
         ]
         missing = [t for t in wanted if t.name not in existing]
         if missing:
