@@ -8,6 +8,26 @@ from typing import Any, Final, Literal
 #: The incident vocabulary, in documentation order.
 SEVERITIES: Final[tuple[str, ...]] = ("warning", "critical")
 
+#: Severity of each incident type (docs/runbook.md, "Severities"): critical pages, warning goes
+#: to chat. A warning type is raised to critical when the incident's rate reaches its detector's
+#: ``critical_rate`` (:func:`severity_of`). The same word travels unchanged to the
+#: ``repmon_incidents_open{severity}`` metric, the alert's ``severity`` label and the page.
+BASE_SEVERITY: Final[dict[str, str]] = {
+    "provider_outage": "critical",
+    "block": "critical",
+    "auth_failure": "critical",
+    "false_hard_bounces": "critical",
+    "rate_limited": "warning",
+    "complaint_spike": "warning",
+    "hard_bounce_spike": "warning",
+}
+
+
+def severity_of(type_: str, rate: float, critical_rate: float) -> str:
+    """The severity of a new incident: its type's, or critical at ``critical_rate`` or more."""
+    base = BASE_SEVERITY.get(type_, "warning")
+    return "critical" if base == "critical" or rate >= critical_rate else base
+
 
 @dataclass(slots=True)
 class Incident:

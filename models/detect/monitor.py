@@ -38,7 +38,7 @@ from models.detect.detectors import (
     DetectorSpec,
 )
 from models.detect.evidence import ReplyMemory
-from models.detect.incidents import Incident, IncidentChange, incident_id
+from models.detect.incidents import SEVERITIES, Incident, IncidentChange, incident_id, severity_of
 from models.detect.report import scope_table
 from models.detect.windows import Frame, SpecResult, WindowTests
 from models.schema import INCIDENT_TYPES, SCOPE_KINDS
@@ -244,7 +244,7 @@ class Monitor:
             type=spec.type,
             scope=name,
             opened_at=f.now,
-            severity="critical" if rate >= spec.critical_rate else "warning",
+            severity=severity_of(spec.type, rate, spec.critical_rate),
             evidence={
                 "signal": spec.num,
                 "denominator": spec.den,
@@ -401,8 +401,11 @@ class Monitor:
     def metrics(self) -> dict[str, Any]:
         st = self.store
         open_by_type = dict.fromkeys(INCIDENT_TYPES, 0)
+        open_by_sev = {t: dict.fromkeys(SEVERITIES, 0) for t in INCIDENT_TYPES}
         for inc in self.open_incidents():
             open_by_type[inc.type] = open_by_type.get(inc.type, 0) + 1
+            by = open_by_sev.setdefault(inc.type, dict.fromkeys(SEVERITIES, 0))
+            by[inc.severity] = by.get(inc.severity, 0) + 1
         reply_entries = self._replies.entries()
         return {
             "active_scopes": len(st.rows),
@@ -417,6 +420,7 @@ class Monitor:
             "evicted": st.evicted,
             "evicted_for_room": st.evicted_for_room,
             "incidents_open": open_by_type,
+            "incidents_open_by_severity": open_by_sev,
             "incidents_opened_total": dict(self.opened_total),
             "related_scopes_total": self.related_total,
             "memory_bytes": st.nbytes() + 200 * reply_entries,

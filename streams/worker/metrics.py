@@ -200,7 +200,10 @@ class Metrics:
             "repmon_rollup_undecodable_total", "Undecodable delta messages dropped.", registry=r
         )
         self.incidents_open = Gauge(
-            "repmon_incidents_open", "Open incidents by type.", ["type"], registry=r
+            "repmon_incidents_open",
+            "Open incidents by type and severity (the incident's own; docs/runbook.md).",
+            ["type", "severity"],
+            registry=r,
         )
         self.incidents_opened = Counter(
             "repmon_incidents_opened_total", "Incidents opened, by type.", ["type"], registry=r
@@ -269,8 +272,9 @@ class Metrics:
         mm = monitor.metrics()
         for key, gauge in self.monitor_gauges.items():
             gauge.set(mm.get(key, 0))
-        for typ, n in mm.get("incidents_open", {}).items():
-            self.incidents_open.labels(typ).set(n)
+        for typ, by_sev in mm.get("incidents_open_by_severity", {}).items():
+            for sev, n in by_sev.items():
+                self.incidents_open.labels(typ, sev).set(n)
         rows = monitor.status(top=len(self.providers)).get("scopes", {}).get("provider", [])
         for row in rows:
             label = self.provider_label(str(row.get("scope", "")).partition(":")[2])
