@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 from models.detect.detectors import DEFAULT_DETECTORS, DetectorSpec
 from models.state.rolling import RollingConfig
+
+#: Event-time seconds between two detector runs, for every caller: ``repmon replay --tick``, the
+#: worker's ``REPMON_DETECT_EVERY_S`` and ``bench/evaluate.py``. One value, so that the offline
+#: evaluation, a replay and the live worker open the same incidents at the same event times
+#: (tests/test_integration_kafka.py and tests/test_integration_backlog.py compare them).
+DETECT_EVERY_S: Final[float] = 60.0
 
 
 @dataclass(slots=True)

@@ -36,6 +36,7 @@ import numpy as np
 import orjson
 import typer
 
+from models.detect.config import DETECT_EVERY_S
 from models.detect.incidents import IncidentChange
 from models.detect.monitor import Monitor, MonitorConfig
 from models.ingest.pipeline import BATCH_ROWS, Pipeline, parse_timestamp
@@ -46,6 +47,9 @@ from models.state.watermark import PartitionClock
 from streams.worker.decoding import ingest_pipeline
 
 _PROGRESS_EVERY = 65536
+
+#: the worker's defaults (lateness, warm-up): a replay opens what the worker opens
+_DEFAULTS = MonitorConfig()
 
 
 def _open(path: Path) -> tuple[IO[bytes], IO[bytes]]:
@@ -187,7 +191,7 @@ class TickLoop:
         self,
         pipeline: Pipeline,
         on_tick: Callable[[Deltas, float], None],
-        tick_s: float = 60.0,
+        tick_s: float = DETECT_EVERY_S,
         max_pending: int = 200_000,
     ) -> None:
         self.pipeline = pipeline
@@ -245,7 +249,7 @@ def replay_lines(
     lines: Iterable[bytes],
     monitor: Monitor,
     pipeline: Pipeline,
-    tick_s: float = 60.0,
+    tick_s: float = DETECT_EVERY_S,
     max_pending: int = 200_000,
     out: IO[bytes] | None = None,
     timeline: Timeline | None = None,
@@ -306,7 +310,7 @@ def replay_parallel(
     paths: list[Path],
     monitor: Monitor,
     jobs: int,
-    tick_s: float = 60.0,
+    tick_s: float = DETECT_EVERY_S,
     out: IO[bytes] | None = None,
     timeline: Timeline | None = None,
     changes: list[IncidentChange] | None = None,
@@ -510,13 +514,13 @@ def register(app: typer.Typer) -> None:
         ] = None,
         tick: Annotated[
             float, typer.Option("--tick", help="event-time seconds between detector runs")
-        ] = 60.0,
+        ] = DETECT_EVERY_S,
         lateness: Annotated[
             float, typer.Option("--lateness", help="accept events this late (s)")
-        ] = 900.0,
+        ] = _DEFAULTS.rolling.lateness_s,
         warmup: Annotated[
             float, typer.Option("--warmup", help="no incident opens in the first N s of event time")
-        ] = 1800.0,
+        ] = _DEFAULTS.warmup_s,
         quiet: Annotated[
             bool, typer.Option("--quiet", "-q", help="no progress bar or summary")
         ] = False,

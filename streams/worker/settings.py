@@ -9,6 +9,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.detect.config import DETECT_EVERY_S
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REPMON_", extra="ignore")
@@ -38,7 +40,7 @@ class Settings(BaseSettings):
     tick_s: float = Field(default=1.0, gt=0.0, le=60.0)
     #: event-time seconds between two detector runs when the watermark jumps (a backlog): the
     #: detectors run at every multiple, as ``repmon replay --tick`` does
-    detect_every_s: float = Field(default=60.0, gt=0.0, le=3600.0)
+    detect_every_s: float = Field(default=DETECT_EVERY_S, gt=0.0, le=3600.0)
     #: event-time bucket width of the counts (seconds)
     bucket_s: int = Field(default=60, ge=1, le=3600)
     #: events further in the future of the worker clock than this are dead-lettered
