@@ -145,7 +145,9 @@ class Pipeline:
 
     ``dedupe_keys``: how many distinct event keys the duplicate check remembers (0: none);
     ``recent_deliveries``: how many recipients the known-good memory keeps with the message
-    they were delivered in before they go to the Bloom filter (docs/events.md).
+    they were delivered in before they go to the Bloom filter (docs/events.md);
+    ``max_scopes``: the interned scope names and combinations held at most (the worker passes
+    REPMON_MAX_SCOPES, the cap of the rolling state; docs/performance.md).
     """
 
     def __init__(
@@ -162,6 +164,7 @@ class Pipeline:
         typed_loads: Callable[[bytes], Any] | None = None,
         dedupe_keys: int = 200_000,
         recent_deliveries: int = 1 << 19,
+        max_scopes: int | None = None,
     ) -> None:
         self.classifier = classifier if classifier is not None else _default_classifier()
         if normalize is None:
@@ -185,7 +188,7 @@ class Pipeline:
         self.stats = PipelineStats()
         self.watermark = 0.0
         self._flushed_watermark = 0.0
-        self._scopes = ScopeTable(self.resolver)
+        self._scopes = ScopeTable(self.resolver, max_scopes)
         self._replies = ReplyTable(self.classifier, normalize)
         self._cols = Columns()
 

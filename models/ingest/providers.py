@@ -80,12 +80,26 @@ def load_table(path: Path) -> ProviderTable:
         return parse_table(tomllib.load(fh), str(path))
 
 
-class ProviderResolver:
-    """Cached (domain, mx_host) -> (provider, operator) resolution."""
+#: MX hosts whose suffix matches a ProviderResolver remembers at most (about 200 bytes each)
+MX_CACHE_SIZE = 16_384
 
-    def __init__(self, table: ProviderTable | None = None) -> None:
-        self.table = table or default_table()
-        self._cache: dict[tuple[str, str], tuple[str, str]] = {}
+
+class ProviderResolver:
+    """(domain, mx_host) -> (provider, operator) resolution.
+
+    The domain part is one dict lookup in the table; the MX host's suffix matches (a scan of
+    the suffix tables) are cached per MX host, at most ``cache_size`` of them (the cache is
+    emptied when full). Nothing is kept per domain: a stream of a million distinct domains
+    behind a few MX hosts costs a few cache entries (docs/performance.md, "Memory in the live
+    worker").
+    """
+
+    def __init__(self, table: ProviderTable | None = None, cache_size: int = MX_CACHE_SIZE) -> None:
+        self.table = t = table or default_table()
+        self.cache_size = max(1, cache_size)
+        self._operators = frozenset(t.operators)
+        #: mx_host -> (provider of its suffix, operator of its suffix), None where none matches
+        self._mx: dict[str, tuple[str | None, str | None]] = {}
 
     def resolve(self, domain: str, mx_host: str = "") -> tuple[str, str]:
         """Return ``(provider, operator)`` for a recipient domain and optional MX host.
@@ -94,19 +108,26 @@ class ProviderResolver:
         The operator comes from the MX host's suffix; without an MX host, a consumer domain's
         provider stands in for it (gmail.com is operated by google), else "other".
         """
-        key = (domain, mx_host)
-        hit = self._cache.get(key)
-        if hit is not None:
-            return hit
-        t = self.table
-        provider = t.domain_provider.get(domain)
-        if provider is None and mx_host:
-            provider = _suffix_match(mx_host, t.provider_suffixes)
-        operator = _suffix_match(mx_host, t.operator_suffixes) if mx_host else None
-        if operator is None and provider is not None and provider in t.operators:
+        provider = self.table.domain_provider.get(domain)
+        operator = None
+        if mx_host:
+            hit = self._mx.get(mx_host)
+            if hit is None:
+                t = self.table
+                hit = (
+                    _suffix_match(mx_host, t.provider_suffixes),
+                    _suffix_match(mx_host, t.operator_suffixes),
+                )
+                if len(self._mx) >= self.cache_size:
+                    self._mx.clear()
+                self._mx[mx_host] = hit
+            if provider is None:
+                provider = hit[0]
+            operator = hit[1]
+        if operator is None and provider is not None and provider in self._operators:
             operator = provider
-        res = (provider or OTHER, operator or OTHER)
-        if len(self._cache) > 200_000:
-            self._cache.clear()
-        self._cache[key] = res
-        return res
+        return (provider or OTHER, operator or OTHER)
+
+    def cache_len(self) -> int:
+        """MX hosts remembered now."""
+        return len(self._mx)

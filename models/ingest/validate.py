@@ -536,33 +536,45 @@ def recipient_domains(
 
 
 def normalise_domain(raw: str) -> str | None:
-    """Lower-case, strip the trailing dot, IDNA-encode; None when not a valid domain name."""
+    """Lower-case, strip the trailing dot, IDNA-encode; None when not a valid domain name.
+    A name already in that form is returned as the same object (interning tables then hold
+    one copy of it, not two)."""
     d = raw.strip().lower().rstrip(".")
     if not d.isascii():
         try:
             d = d.encode("idna").decode("ascii")
         except UnicodeError:
             return None
+    elif d == raw:
+        d = raw
     return d if _DOMAIN_RE.match(d) else None
 
 
 class DomainCache:
-    """:func:`normalise_domain`, cached (a stream has far fewer domains than events)."""
+    """:func:`normalise_domain`, cached (a stream has far fewer domains than events); at most
+    ``max_entries`` of them (the cache is emptied when it would hold more)."""
 
-    __slots__ = ("_domains",)
+    __slots__ = ("_domains", "max_entries")
 
-    def __init__(self) -> None:
+    def __init__(self, max_entries: int = 100_000) -> None:
         self._domains: dict[str, str | None] = {}
+        self.max_entries = max(1, max_entries)
+
+    def __len__(self) -> int:
+        return len(self._domains)
 
     def __call__(self, raw: str) -> str | None:
         try:
             return self._domains[raw]
         except KeyError:
             pass
-        if len(self._domains) > 100_000:
+        if len(self._domains) >= self.max_entries:
             self._domains.clear()
         d = self._domains[raw] = normalise_domain(raw)
         return d
+
+    def clear(self) -> None:
+        self._domains.clear()
 
 
 def _first_bad_type(key: tuple[Any, ...]) -> str:

@@ -59,7 +59,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from models.schema import COL, COLUMNS, EVENT_KINDS, N_COLUMNS, SCOPE_KINDS
+from models.schema import ALL_SCOPE_KINDS, COL, COLUMNS, EVENT_KINDS, N_COLUMNS
 from models.state.deltas import Deltas
 from models.state.snapshot import Snap, SnapshotError, strings, unstrings
 
@@ -122,7 +122,7 @@ def _reduction_matrix() -> NDArray[np.int64]:
 #: ``counts @ REDUCE`` maps delta rows (COLUMNS) to ROLL_COLUMNS.
 REDUCE: Final[NDArray[np.int64]] = _reduction_matrix()
 
-_KIND_CODE: Final[dict[str, int]] = {k: i for i, k in enumerate(SCOPE_KINDS)}
+_KIND_CODE: Final[dict[str, int]] = {k: i for i, k in enumerate(ALL_SCOPE_KINDS)}
 #: RollingConfig fields a snapshot must match to be restored (the ring geometry)
 _GEOMETRY: Final[tuple[str, ...]] = ("fine_s", "n_fine", "coarse_s", "n_coarse")
 #: RollingStore counters kept in snapshots
@@ -141,9 +141,14 @@ NO_KIND: Final[int] = 255
 
 
 def scope_kind(scope: str) -> str:
-    """``"provider:google"`` -> ``"provider"`` (empty string when there is no colon)."""
-    kind, sep, _ = scope.partition(":")
-    return kind if sep else ""
+    """``"provider:google"`` -> ``"provider"``, ``"ip:192.0.2.7|provider:google"`` ->
+    ``"ip|provider"`` (empty string when there is no colon)."""
+    kind, sep, rest = scope.partition(":")
+    if not sep:
+        return ""
+    if "|provider:" in rest:
+        return f"{kind}|provider"
+    return kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +234,9 @@ class RollingStore:
 
     def _grow(self) -> None:
         old = self.capacity
-        new = old * 2
+        cap = self.config.max_scopes
+        # double, but not past max_scopes: the rows over the cap are evicted, never allocated
+        new = min(old * 2, max(cap, old + 1)) if cap else old * 2
 
         def grow(a: NDArray[np.generic], fill: float | int | bool = 0) -> NDArray[np.generic]:
             b = np.full((new, *a.shape[1:]), fill, dtype=a.dtype)

@@ -152,6 +152,7 @@ class WorkerState:
             bucket_s=self.settings.bucket_s,
             clock=time.time,
             max_future_skew_s=self.settings.max_future_skew_s,
+            max_scopes=self.settings.max_scopes,
         )
 
     def pipeline(self, partition: int) -> Pipeline:

@@ -137,7 +137,7 @@ class Metrics:
         self.tick_seconds = Histogram(
             "repmon_tick_duration_seconds",
             "Time spent in one tick (flush, rollup send, detectors).",
-            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
             registry=r,
         )
         self.rollup_messages = Counter(
