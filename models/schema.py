@@ -90,6 +90,21 @@ SCOPE_KINDS: Final[tuple[str, ...]] = (
     "campaign",
 )
 
+#: Combined scopes: one sending dimension at one mailbox provider, named
+#: ``"<kind>:<value>|provider:<provider>"``, e.g. ``ip:192.0.2.7|provider:google``. They are what
+#: a throttle acts on when one IP, pool, sender domain, campaign or tenant has a problem at one
+#: provider only (docs/incidents.md, "Attribution"). The ingest derives them per tick from the
+#: single scopes (models/ingest/aggregate.py).
+COMBINED_KINDS: Final[tuple[str, ...]] = (
+    "ip|provider",
+    "pool|provider",
+    "sender|provider",
+    "campaign|provider",
+    "tenant|provider",
+)
+#: Every scope kind the rolling state and the detectors know: single, then combined.
+ALL_SCOPE_KINDS: Final[tuple[str, ...]] = (*SCOPE_KINDS, *COMBINED_KINDS)
+
 #: Outcome columns counted per scope and event-time bucket. The first nine are the event kinds
 #: in EVENT_KINDS order; then the reply classes of deferred/bounced/rejected events in CLASSES
 #: order; then three reason-derived counters.

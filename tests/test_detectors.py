@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from models.detect.baselines import CountTriggers, StaticThreshold
 from models.detect.detectors import DEFAULT_DETECTORS, DetectorSpec, run_window, shrunk_rate, zscore
-from models.schema import COL, INCIDENT_TYPES, N_COLUMNS, SCOPE_KINDS
+from models.schema import ALL_SCOPE_KINDS, COL, INCIDENT_TYPES, N_COLUMNS
 from models.state.deltas import Deltas
 from models.state.rolling import ROLL_COLUMNS
 
@@ -100,7 +100,7 @@ def test_default_specs_are_consistent() -> None:
     assert {s.type for s in DEFAULT_DETECTORS} == set(INCIDENT_TYPES)
     for s in DEFAULT_DETECTORS:
         assert s.num in ROLL_COLUMNS and s.den in ROLL_COLUMNS
-        assert set(s.kinds) <= set(SCOPE_KINDS)
+        assert set(s.kinds) <= set(ALL_SCOPE_KINDS)
         assert s.z_close < s.z_open
         assert all(1 <= w <= 12 for w in s.windows)
         for t in s.explained_by:

@@ -195,6 +195,12 @@ def test_scopes_and_columns() -> None:
         "sender:news.example.com",
         "tenant:acme",
         "campaign:nov",
+        # each sending dimension at the provider (models/schema.py COMBINED_KINDS)
+        "ip:192.0.2.10|provider:google",
+        "pool:shared-1|provider:google",
+        "sender:news.example.com|provider:google",
+        "tenant:acme|provider:google",
+        "campaign:nov|provider:google",
     }
     for scope in d.scopes:
         t = d.totals(scope)
@@ -307,8 +313,10 @@ def test_totals_equal_inputs_in_every_dimension(
     d = p.flush()
     want = Counter(k for k, *_ in events)
 
-    def dim_total(prefix: str) -> np.ndarray:
-        rows = [i for i, s in enumerate(d.scopes) if s.startswith(prefix)]
+    def dim_total(prefix: str, combined: bool = False) -> np.ndarray:
+        rows = [
+            i for i, s in enumerate(d.scopes) if s.startswith(prefix) and ("|" in s) == combined
+        ]
         mask = np.isin(d.scope_idx, rows)
         return d.counts[mask].sum(axis=0) if len(d) else np.zeros(len(COLUMNS), dtype=np.int64)
 
@@ -318,6 +326,10 @@ def test_totals_equal_inputs_in_every_dimension(
             assert tot[COL[k]] == want.get(k, 0)
     ip_tot = dim_total("ip:")
     assert ip_tot[COL["sent"]] == sum(1 for k, _, _, ip, *_ in events if k == "sent" and ip)
+    # the combined scopes split the same events by provider: same totals (every event here
+    # has a provider)
+    for prefix in ("ip:", "campaign:"):
+        np.testing.assert_array_equal(dim_total(prefix, combined=True), dim_total(prefix))
     # every bucket start is aligned and every count is non-negative
     assert np.all(d.bucket_start % bucket_s == 0)
     assert np.all(d.counts >= 0)

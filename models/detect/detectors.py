@@ -97,7 +97,7 @@ DEFAULT_DETECTORS: tuple[DetectorSpec, ...] = (
     ),
     DetectorSpec(
         "rate_limited",
-        kinds=("provider", "mx", "ip", "pool", "domain"),
+        kinds=("provider", "mx", "ip", "pool", "domain", "ip|provider", "pool|provider"),
         num="throttle",
         prior=0.005,
         min_den=60,
@@ -109,7 +109,7 @@ DEFAULT_DETECTORS: tuple[DetectorSpec, ...] = (
     ),
     DetectorSpec(
         "auth_failure",
-        kinds=("sender",),
+        kinds=("sender", "sender|provider"),
         num="auth_failure",
         prior=0.001,
         min_den=50,
@@ -120,7 +120,7 @@ DEFAULT_DETECTORS: tuple[DetectorSpec, ...] = (
     ),
     DetectorSpec(
         "block",
-        kinds=("ip", "pool", "sender"),
+        kinds=("ip", "pool", "sender", "ip|provider", "pool|provider", "sender|provider"),
         num="block",
         prior=0.005,
         min_den=20,
@@ -160,7 +160,7 @@ DEFAULT_DETECTORS: tuple[DetectorSpec, ...] = (
     ),
     DetectorSpec(
         "complaint_spike",
-        kinds=("campaign", "tenant", "provider"),
+        kinds=("campaign", "tenant", "provider", "campaign|provider", "tenant|provider"),
         num="complained",
         den="delivered",
         den_coarse_h=3,

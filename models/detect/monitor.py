@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from models.detect.attribution import attribute, parents_of
 from models.detect.config import MonitorConfig
 from models.detect.detectors import (
     DetectorSpec,
@@ -41,7 +42,7 @@ from models.detect.evidence import ReplyMemory
 from models.detect.incidents import SEVERITIES, Incident, IncidentChange, incident_id, severity_of
 from models.detect.report import scope_table
 from models.detect.windows import Frame, SpecResult, WindowTests
-from models.schema import INCIDENT_TYPES, SCOPE_KINDS
+from models.schema import ALL_SCOPE_KINDS, INCIDENT_TYPES
 from models.state.deltas import Deltas
 from models.state.rolling import (
     N_ROLL,
@@ -52,10 +53,13 @@ from models.state.rolling import (
 from models.state.snapshot import Snap
 
 F64 = NDArray[np.float64]
-_KIND_CODE = {k: i for i, k in enumerate(SCOPE_KINDS)}
+_KIND_CODE = {k: i for i, k in enumerate(ALL_SCOPE_KINDS)}
 
 
 def _parent_scope(scope: str) -> str | None:
+    _, bar, wide = scope.partition("|")
+    if bar:  # a combined scope: its provider
+        return wide
     kind, _, value = scope.partition(":")
     if kind == "domain":
         from models.ingest.providers import default_table
@@ -86,6 +90,10 @@ class Monitor:
         self._parent_row: NDArray[np.intp] = np.zeros(0, dtype=np.intp)
         self._parent_name: dict[str, str | None] = {}
         self._replies = ReplyMemory(cfg.replies_per_scope)
+        self._children_version = -1
+        #: event time of the last detector run of advance_through (None: none yet)
+        self._detected_at: float | None = None
+        self._children_rows: dict[int, tuple[int, int]] = {}
         self.advances = 0
         self._windows = WindowTests(cfg, self.store)
 
@@ -126,20 +134,37 @@ class Monitor:
     # ------------------------------------------------------------------------------ detect
     def advance_through(self, watermark: float, step_s: float) -> list[IncidentChange]:
         """Run the detectors at every multiple of ``step_s`` of event time up to ``watermark``,
-        then at ``watermark``: a watermark that jumps (a backlog read in seconds, a partition
-        that catches up) is detected at the event times a replay with ``--tick step_s`` uses,
-        not once at the end of the jump."""
+        then move the clock (not the detectors) on to ``watermark``.
+
+        Detection happens at the event times a replay with ``--tick step_s`` uses, and only
+        there: a watermark that jumps (a backlog read in seconds, a partition that catches up)
+        is detected step by step, and the live worker, whose ticks fall at any time, opens and
+        closes the same incidents at the same event times as a replay of the same events. The
+        clock itself follows the watermark, so the counts of ``/status`` are current."""
         out: list[IncidentChange] = []
-        # the clock has not started yet: step from the first event time seen (a backlog read
-        # before the first advance is detected step by step, not once at its end)
-        t = self.store.watermark if self.store.fine_head >= 0 else (self._first_t or 0.0)
-        if t > 0 and step_s > 0:
-            b = (math.floor(t / step_s) + 1) * step_s
-            while b < watermark:
+        start = self._detected_at
+        if start is None:
+            # the clock has not started yet: step from the first event time seen (a backlog
+            # read before the first advance is detected step by step, not once at its end)
+            start = self.store.watermark if self.store.fine_head >= 0 else (self._first_t or 0.0)
+        if start > 0 and step_s > 0:
+            b = (math.floor(start / step_s) + 1) * step_s
+            while b <= watermark:
                 out.extend(self.advance(b))
+                self._detected_at = b
                 b += step_s
-        out.extend(self.advance(watermark))
+        self.catch_up(watermark)
         return out
+
+    def catch_up(self, watermark: float) -> None:
+        """Move the clock to ``watermark`` (held rows are counted), without running the
+        detectors: the next detector run sees the same state as if it had not moved."""
+        st = self.store
+        st.advance_to(watermark)
+        if st.merged_early:
+            st.merged_early = False
+            self._dirty = True
+        self._replies.rotate(st.fine_head)
 
     def advance(self, watermark: float) -> list[IncidentChange]:
         """Run the detectors at event time ``watermark``; returns opened/closed changes.
@@ -205,11 +230,20 @@ class Monitor:
         order = sorted(
             cand.tolist(), key=lambda p: (pref.get(int(f.kinds[p]), 99), -float(res.rate_any[p]))
         )
+        # a wide candidate whose surge one narrower part explains opens on that part
+        # (models/detect/attribution.py); the wide scope is listed as related
+        targets = attribute(spec, f, res, self._children(f), self._windows.allowed(spec, f))
         changes: list[IncidentChange] = []
         for p in order:
             r = int(f.rows[p])
             name = st.names[r]
-            if name is None or (spec.type, name) in self._open:
+            if name is None:
+                continue
+            if p in targets:
+                for q in targets[p]:
+                    changes.extend(self._open_one(spec, f, res, q, related=name))
+                continue
+            if (spec.type, name) in self._open:
                 continue
             explainer = (
                 self._explained(spec, name, int(f.parents[p]), float(res.excess[p]))
@@ -230,6 +264,50 @@ class Monitor:
                 self.opened_total[spec.type] = self.opened_total.get(spec.type, 0) + 1
                 changes.append(IncidentChange.of("opened", inc))
         return changes
+
+    def _open_one(
+        self, spec: DetectorSpec, f: Frame, res: SpecResult, q: int, related: str
+    ) -> list[IncidentChange]:
+        """Open (or keep) the incident on the part at frame position ``q`` that a wider
+        candidate's surge is attributed to; the wider scope becomes one of its related scopes."""
+        r = int(f.rows[q])
+        name = self.store.names[r]
+        if name is None:
+            return []
+        inc = self._open.get((spec.type, name))
+        out: list[IncidentChange] = []
+        if inc is None:
+            rel = self._related_to(spec, q, r, f, res.excess)
+            if rel is not None and rel.scope != related:
+                if name not in rel.related:
+                    rel.related.append(name)
+                    self.related_total += 1
+                return []
+            inc = self._new_incident(spec, f, res, q, name)
+            self._open[(spec.type, name)] = inc
+            self.store.frozen[r] = True
+            self.opened_total[spec.type] = self.opened_total.get(spec.type, 0) + 1
+            out.append(IncidentChange.of("opened", inc))
+        if related not in inc.related:
+            inc.related.append(related)
+            self.related_total += 1
+        return out
+
+    def _children(self, f: Frame) -> dict[int, tuple[int, int]]:
+        """Frame positions: combined scope -> its two wide scopes (cached per row layout)."""
+        st = self.store
+        version = len(st.rows) + 1_000_003 * st.evicted + 7 * st.capacity
+        if version != self._children_version:
+            self._children_rows = parents_of(st.rows)
+            self._children_version = version
+        pos = f.pos_of_row
+        out: dict[int, tuple[int, int]] = {}
+        for c, (a, b) in self._children_rows.items():
+            cp = int(pos[c])
+            if cp < 0:
+                continue
+            out[cp] = (int(pos[a]) if a >= 0 else -1, int(pos[b]) if b >= 0 else -1)
+        return out
 
     def _new_incident(
         self, spec: DetectorSpec, f: Frame, res: SpecResult, p: int, name: str
@@ -349,6 +427,7 @@ class Monitor:
                 "dirty": self._dirty,
                 "last_head": self._last_head,
                 "advances": self.advances,
+                "detected_at": self._detected_at,
                 "replies": self._replies.snapshot(st.names),
             }
         )
@@ -373,6 +452,7 @@ class Monitor:
         mon._dirty = bool(m["dirty"])
         mon._last_head = int(m["last_head"])
         mon.advances = int(m["advances"])
+        mon._detected_at = None if m.get("detected_at") is None else float(m["detected_at"])
         mon._replies.restore(m["replies"], mon.store.rows)
         return mon
 

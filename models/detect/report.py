@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from models.schema import SCOPE_KINDS
+from models.schema import ALL_SCOPE_KINDS
 from models.state.rolling import COARSE_COLUMNS, ROLL_COLUMNS, R, RollingStore
 
-_KIND_CODE = {k: i for i, k in enumerate(SCOPE_KINDS)}
+_KIND_CODE = {k: i for i, k in enumerate(ALL_SCOPE_KINDS)}
 
 
 def _rates(c: NDArray[np.int64]) -> dict[str, float | None]:
@@ -53,14 +53,14 @@ def scope_table(st: RollingStore, top: int = 20) -> dict[str, list[dict[str, Any
     rows = st.active_rows()
     out: dict[str, list[dict[str, Any]]] = {}
     if rows.size == 0:
-        for kind in SCOPE_KINDS:
+        for kind in ALL_SCOPE_KINDS:
             out[kind] = []
         return out
     s15 = st.fine_sum(k15, rows)
     s60 = st.fine_sum(k60, rows)
     c24 = st.coarse_sum(k24, rows)
     kinds = st.kind[rows]
-    for kind in SCOPE_KINDS:
+    for kind in ALL_SCOPE_KINDS:
         pos = np.flatnonzero(kinds == _KIND_CODE[kind])
         vol = s60[pos, R["attempts"]]
         order = pos[np.argsort(-vol, kind="stable")][:top]

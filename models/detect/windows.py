@@ -15,11 +15,11 @@ from numpy.typing import NDArray
 
 from models.detect.config import MonitorConfig
 from models.detect.detectors import DetectorSpec, WindowTest, run_window, shrunk_rate
-from models.schema import SCOPE_KINDS
+from models.schema import ALL_SCOPE_KINDS
 from models.state.rolling import COARSE_COLUMNS, R, RollingStore
 
 F64 = NDArray[np.float64]
-_KIND_CODE = {k: i for i, k in enumerate(SCOPE_KINDS)}
+_KIND_CODE = {k: i for i, k in enumerate(ALL_SCOPE_KINDS)}
 
 
 @dataclass(slots=True)
@@ -62,6 +62,11 @@ class WindowTests:
         self.store = store
         self._specs = config.detectors
         self._kind_tables: dict[str, NDArray[np.bool_]] = {}
+
+    def allowed(self, spec: DetectorSpec, f: Frame) -> NDArray[np.bool_]:
+        """Which frame positions are of a scope kind the detector opens incidents on."""
+        out: NDArray[np.bool_] = self._kind_table(spec)[f.kinds]
+        return out
 
     def frame(self, now: float, parents: NDArray[np.intp], first_t: float | None) -> Frame | None:
         """Window sums and scope facts of all active rows, once per advance."""

@@ -18,10 +18,12 @@ from models.ingest.scopes import N_DIMS, ScopeTable
 from models.schema import (
     CLASS_COLUMN_OFFSET,
     COL,
+    COMBINED_KINDS,
     EVENT_KIND_CODE,
     N_COLUMNS,
     NO_CLASS,
     REASON_CODE,
+    SCOPE_KINDS,
 )
 from models.state.bloom import RotatingBloom
 from models.state.deltas import Deltas
@@ -31,6 +33,9 @@ _KIND_BOUNCED = EVENT_KIND_CODE["bounced"]
 _KIND_REJECTED = EVENT_KIND_CODE["rejected"]
 _REASON_USERUNKNOWN = REASON_CODE["userunknown"]
 _REASON_AUTH = REASON_CODE["authfailure"]
+#: the single-scope dimension of each combined kind, and the provider dimension
+_COMBINED_DIMS = tuple(SCOPE_KINDS.index(k.partition("|")[0]) for k in COMBINED_KINDS)
+_PROVIDER_DIM = SCOPE_KINDS.index("provider")
 
 
 class Columns:
@@ -118,11 +123,15 @@ def aggregate(
     k1, w1 = np.unique((combo[ev] * nb + bidx) * N_COLUMNS + col_of, return_counts=True)
     col1 = k1 % N_COLUMNS
     cb1 = k1 // N_COLUMNS
-    # 2) fan the aggregated triples out to every scope dimension of their combo
-    sid = combo_scopes[cb1 // nb].T.ravel()
-    rb = np.tile(cb1 % nb, N_DIMS)
-    cc = np.tile(col1, N_DIMS)
-    ww = np.tile(w1, N_DIMS)
+    # 2) fan the aggregated triples out to every scope dimension of their combo, and to the
+    # combined scopes (one sending dimension at the combo's provider)
+    rows_c = combo_scopes[cb1 // nb, :N_DIMS]
+    extra_sid, extra_names = _combined(rows_c, scopes.names)
+    sid = np.concatenate((rows_c.T.ravel(), extra_sid.T.ravel()))
+    fan = N_DIMS + extra_sid.shape[1]
+    rb = np.tile(cb1 % nb, fan)
+    cc = np.tile(col1, fan)
+    ww = np.tile(w1, fan)
     keep = sid >= 0
     sid, rb, cc, ww = sid[keep], rb[keep], cc[keep], ww[keep]
     uniq, inv = np.unique(sid * nb + rb, return_inverse=True)
@@ -134,7 +143,8 @@ def aggregate(
     gsid = uniq // nb
     gbucket = b0 + (uniq % nb) * bucket_s
     local_sids, scope_idx = np.unique(gsid, return_inverse=True)
-    names = [scopes.names[int(s)] for s in local_sids]
+    base = len(scopes.names)
+    names = [scopes.names[int(s)] if s < base else extra_names[int(s) - base] for s in local_sids]
     top = replies.top(combo_scopes, combo, reply, local_sids)
     return Deltas(
         scopes=names,
@@ -144,6 +154,24 @@ def aggregate(
         replies=top,
         watermark=watermark,
     )
+
+
+def _combined(rows: NDArray[np.int64], names: list[str]) -> tuple[NDArray[np.int64], list[str]]:
+    """Scope ids of the combined scopes (``COMBINED_KINDS``) of each combo row: ids from
+    ``len(names)`` on, one per distinct (dimension value, provider) pair of this tick, named
+    ``"<scope>|provider:<p>"``; -1 where the dimension or the provider is absent."""
+    prov = rows[:, _PROVIDER_DIM]
+    pairs = np.stack([rows[:, d] for d in _COMBINED_DIMS], axis=1)  # (rows, combined kinds)
+    ok = (pairs >= 0) & (prov >= 0)[:, None]
+    out = np.full(pairs.shape, -1, dtype=np.int64)
+    if not ok.any():
+        return out, []
+    key = pairs[ok] * (len(names) + 1) + prov[np.nonzero(ok)[0]]
+    uniq, inv = np.unique(key, return_inverse=True)
+    base = len(names)
+    out[ok] = base + inv
+    extra = [f"{names[int(k) // (base + 1)]}|{names[int(k) % (base + 1)]}" for k in uniq.tolist()]
+    return out, extra
 
 
 def known_good_bounces(
