@@ -147,8 +147,12 @@ def test_kill9_restart_keeps_state_and_closes_the_open_incident(
         ]
         owned = after["rollup"]["owned_partitions"]["0"]
         assert owned["restored_from_generation"] is not None
-        # counting resumes within 15 s of the restart (static membership)
-        assert resumed_s <= 15.0, f"ready {resumed_s:.1f} s after the restart"
+        # counting resumes soon after the restart: static membership gives the partitions back
+        # at once instead of after the old session times out. Measured 10-13 s here, most of it
+        # Python start-up and the broker's 3 s initial rebalance delay of Faust's own group
+        # (docs/performance.md); the bound catches a wait for a session timeout or a restore
+        # that blocks, with room for a slower machine
+        assert resumed_s <= 30.0, f"ready {resumed_s:.1f} s after the restart"
 
         send(kafka_bootstrap, w, rest)
         end = max(float(e["timestamp"]) for e in evs) + 1.0

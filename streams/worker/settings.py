@@ -38,8 +38,8 @@ class Settings(BaseSettings):
     web_port: int = Field(default=6066, ge=1, le=65535)
     #: seconds between two flushes of the in-memory counters (a "tick")
     tick_s: float = Field(default=1.0, gt=0.0, le=60.0)
-    #: event-time seconds between two detector runs when the watermark jumps (a backlog): the
-    #: detectors run at every multiple, as ``repmon replay --tick`` does
+    #: event-time seconds between two detector runs: the detectors run at every multiple, as
+    #: ``repmon replay --tick`` does (a backlog step by step); the counts follow the watermark
     detect_every_s: float = Field(default=DETECT_EVERY_S, gt=0.0, le=3600.0)
     #: event-time bucket width of the counts (seconds)
     bucket_s: int = Field(default=60, ge=1, le=3600)

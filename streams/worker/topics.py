@@ -14,16 +14,22 @@ from streams.worker.settings import Settings
 
 def wait_for_broker(bootstrap: str, timeout_s: float = 60.0) -> None:
     """Block until a metadata request to ``bootstrap`` succeeds, or raise TimeoutError."""
+    connect_admin(bootstrap, timeout_s).close()
+
+
+def connect_admin(bootstrap: str, timeout_s: float = 60.0) -> KafkaAdminClient:
+    """An admin client whose metadata request succeeded (retried until ``timeout_s``)."""
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
             try:
                 admin.list_topics()
-                return
-            finally:
+            except BaseException:
                 admin.close()
+                raise
+            return admin
         except (KafkaError, OSError, ValueError) as exc:
             last = exc
             time.sleep(0.5)
@@ -43,8 +49,7 @@ _STATE = {
 
 def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> None:
     """Create repmon's topics if they do not exist (existing ones are left as they are)."""
-    wait_for_broker(settings.kafka_bootstrap, timeout_s)
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=15000)
+    admin = connect_admin(settings.kafka_bootstrap, timeout_s)
     try:
         existing = set(admin.list_topics())
         p = settings.topic_partitions
