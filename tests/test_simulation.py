@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from models.ingest.providers import ProviderResolver
 from models.schema import EVENT_KINDS, INCIDENT_TYPES, SCOPE_KINDS
 from models.sim.simulator import (
+    CONSUMER_DOMAINS,
     DEFAULT_START,
     SCENARIOS,
     SimConfig,
@@ -272,7 +273,7 @@ def sig_false(sim: Simulator, tr: Truth, evs: list[dict[str, Any]]) -> float:
 
 
 def sig_complaint(_: Simulator, tr: Truth, evs: list[dict[str, Any]]) -> float:
-    camp = tr.scopes[0].split(":", 1)[1]
+    camp = next(s for s in tr.scopes if s.startswith("campaign:") and "|" not in s)[9:]
     sel = [e for e in evs if e["campaign"] == camp and provider(e) == "yahoo"]
     complaints = sum(1 for e in sel if e["event"] == "complained")
     return complaints / max(1, sum(1 for e in sel if e["event"] == "delivered"))
@@ -337,11 +338,35 @@ def test_b2b_false_bounces_hit_known_good_recipients() -> None:
     )
 
 
+QUIET = ("baseline", "normal-24h-gmail-no-fbl")  # scenarios without an incident
+
+
+def _check_scope(sim: Simulator, scope: str) -> None:
+    """A scope key of the pipeline, or a combined ``<kind>:<value>|provider:<provider>``."""
+    parts = scope.split("|")
+    assert 1 <= len(parts) <= 2, scope
+    if len(parts) == 2:
+        assert parts[1].startswith("provider:") and not parts[0].startswith("provider:"), scope
+    for part in parts:
+        kind, val = part.split(":", 1)
+        assert kind in SCOPE_KINDS and val
+        if kind == "ip":
+            assert val in sim.ip_names
+        if kind == "pool":
+            assert val in sim.pool_names
+        if kind == "sender":
+            assert val in sim.sender_names
+        if kind == "campaign":
+            assert val in sim.campaign_names
+        if kind == "provider":
+            assert val in set(sim.dom_provider)
+
+
 def test_ground_truth_consistent() -> None:
     for sc in SCENARIOS:
         sim = Simulator(SimConfig(scenario=sc, duration_s=6 * 3600.0))
         truth = sim.truth
-        assert (len(truth) == 0) == (sc == "baseline")
+        assert (len(truth) == 0) == (sc in QUIET)
         if sc == "mixed":
             assert len(truth) >= 7 and len({t.type for t in truth}) == len(INCIDENT_TYPES)
             assert [t.onset for t in truth] == sorted(t.onset for t in truth)
@@ -349,18 +374,305 @@ def test_ground_truth_consistent() -> None:
             assert t.type in INCIDENT_TYPES
             assert sim.start < t.onset < sim.end
             assert t.end is None or t.onset < t.end <= sim.end
-            assert t.scopes
+            assert t.scopes and len(set(t.scopes)) == len(t.scopes)
+            assert t.act_scope in t.scopes
             for s in t.scopes:
-                kind, val = s.split(":", 1)
-                assert kind in SCOPE_KINDS and val
-                if kind == "ip":
-                    assert val in sim.ip_names
-                if kind == "pool":
-                    assert val in sim.pool_names
-                if kind == "sender":
-                    assert val in sim.sender_names
-                if kind == "campaign":
-                    assert val in sim.campaign_names
+                _check_scope(sim, s)
+
+
+# ------------------------------------------------------------------ issue 11: act scopes ---
+
+#: the scope an engineer acts on, per scenario (default parameters), in truth order
+ACT_SCOPES: list[tuple[str, list[str]]] = [
+    ("baseline", []),
+    ("provider-outage", ["provider:microsoft"]),
+    ("ip-blocklisted", ["ip:192.0.2.12|provider:microsoft"]),
+    ("rate-limited", ["pool:shared-1|provider:google"]),
+    ("b2b-false-bounces", ["mx:mimecast"]),
+    ("complaint-spike", ["campaign:acme-2026-11-16-flash-sale|provider:yahoo"]),
+    ("auth-failure", ["sender:mail.initech.com"]),
+    ("bad-list-import", ["campaign:initech-2026-11-16-imported-list"]),
+    (
+        "mixed",
+        [
+            "provider:yahoo",
+            "pool:shared-2|provider:google",
+            "ip:192.0.2.13|provider:microsoft",
+            "mx:mimecast",
+            "campaign:umbrella-2026-11-16-flash-sale|provider:microsoft",
+            "campaign:hooli-2026-11-16-imported-list",
+            "sender:news.initech.com",
+        ],
+    ),
+    ("ip-rate-limited-gmail", ["ip:203.0.113.6|provider:google"]),
+    ("pool-blocked-yahoo", ["pool:shared-2|provider:yahoo"]),
+    ("sender-auth-microsoft-ramp", ["sender:e.umbrella-health.com|provider:microsoft"]),
+    ("campaign-complaints-one-provider", ["campaign:umbrella-2026-11-16-winback|provider:yahoo"]),
+    ("normal-24h-gmail-no-fbl", []),
+]
+
+
+@pytest.mark.parametrize(("scenario", "acts"), ACT_SCOPES)
+def test_act_scopes(scenario: str, acts: list[str]) -> None:
+    sim = Simulator(SimConfig(scenario=scenario, duration_s=6 * 3600.0))
+    assert [t.act_scope for t in sim.truth] == acts
+    for t in sim.truth:
+        assert t.scopes[0] == t.act_scope  # the most precise acceptable scope
+
+
+def test_act_scope_cases_cover_every_scenario() -> None:
+    assert [sc for sc, _ in ACT_SCOPES] == list(SCENARIOS)
+
+
+def test_truth_act_scope_defaults_and_is_checked() -> None:
+    assert Truth("block", ("ip:192.0.2.1", "pool:p"), 0.0, None).act_scope == "ip:192.0.2.1"
+    with pytest.raises(ValueError):
+        Truth("block", ("ip:192.0.2.1",), 0.0, None, act_scope="pool:p")
+
+
+NEW_SCENARIOS = (
+    "ip-rate-limited-gmail",
+    "pool-blocked-yahoo",
+    "sender-auth-microsoft-ramp",
+    "campaign-complaints-one-provider",
+    "normal-24h-gmail-no-fbl",
+)
+
+
+@pytest.mark.parametrize("scenario", NEW_SCENARIOS)
+def test_new_scenarios_deterministic(scenario: str) -> None:
+    cfg = dict(
+        seed=5,
+        start=DAY,
+        duration_s=1800.0,
+        rate=6.0,
+        scenario=scenario,
+        params={"onset_s": 600.0},
+    )
+    a = list(Simulator(SimConfig(**cfg)).iter_events())  # type: ignore[arg-type]
+    b = [e for ch in Simulator(SimConfig(**cfg)).chunks(45.0) for e in ch]  # type: ignore[arg-type]
+    assert a == b and len(a) > 1000
+
+
+def _attempts(evs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in evs if e["event"] in ATTEMPTS]
+
+
+def _rate(evs: list[dict[str, Any]], hit: Callable[[dict[str, Any]], bool]) -> float:
+    return sum(1 for e in evs if hit(e)) / max(1, len(evs))
+
+
+def _is_4728(e: dict[str, Any]) -> bool:
+    return e.get("enhanced_code") == "4.7.28"
+
+
+def _is_tss04(e: dict[str, Any]) -> bool:
+    return "[TSS04]" in e.get("response", "")
+
+
+def chk_ip_rate_limited_gmail(sim: Simulator, tr: Truth, evs: list[dict[str, Any]]) -> None:
+    ip = "203.0.113.6"
+    assert tr.type == "rate_limited" and tr.act_scope == f"ip:{ip}|provider:google"
+    before, during = (_attempts(x) for x in _split(tr, evs))
+    at_google = [e for e in during if provider(e) == "google"]
+    mine = [e for e in at_google if e["sending_ip"] == ip]
+    others = [e for e in at_google if e["sending_ip"] != ip]
+    pool_mates = [e for e in others if e["pool"] == "dedicated-acme"]
+    assert len(mine) > 100 and len(pool_mates) > 300
+    assert _rate(mine, _is_4728) > 0.4  # the IP is throttled at Google ...
+    assert _rate(others, _is_4728) < 0.005  # ... its pool-mates and the other IPs are not
+    assert _rate(pool_mates, _is_4728) < 0.005
+    assert not any(_is_4728(e) for e in during if provider(e) != "google")
+    mine_before = [e for e in before if e["sending_ip"] == ip and provider(e) == "google"]
+    assert _rate(mine_before, _is_4728) < 0.01
+    texts = {e["response"] for e in mine if _is_4728(e)}
+    assert all(
+        t.startswith(f"421-4.7.28 [{ip}] Our system has detected an unusual rate of unsolicited")
+        and t.endswith("- gsmtp")
+        for t in texts
+    )
+
+
+def chk_pool_blocked_yahoo(sim: Simulator, tr: Truth, evs: list[dict[str, Any]]) -> None:
+    assert tr.type == "rate_limited" and tr.act_scope == "pool:shared-2|provider:yahoo"
+    before, during = (_attempts(x) for x in _split(tr, evs))
+    at_yahoo = [e for e in during if provider(e) == "yahoo"]
+    pool = [e for e in at_yahoo if e["pool"] == "shared-2"]
+    assert len(pool) > 100
+    assert _rate(pool, _is_tss04) > 0.6
+    by_ip = collections.Counter(e["sending_ip"] for e in pool if _is_tss04(e))
+    assert set(by_ip) == {f"198.51.100.{i}" for i in range(20, 28)}  # every IP of the pool
+    assert _rate([e for e in at_yahoo if e["pool"] != "shared-2"], _is_tss04) < 0.02
+    assert not any(_is_tss04(e) for e in during if provider(e) != "yahoo")
+    assert _rate([e for e in before if provider(e) == "yahoo"], _is_tss04) < 0.02
+    t = next(e["response"] for e in pool if _is_tss04(e))
+    assert re.match(
+        r"^421 4\.7\.0 \[TSS04\] Messages from 198\.51\.100\.\d+ temporarily deferred", t
+    )
+
+
+def chk_sender_auth_ramp(sim: Simulator, tr: Truth, evs: list[dict[str, Any]]) -> None:
+    sender = "e.umbrella-health.com"
+    assert tr.type == "auth_failure" and tr.act_scope == f"sender:{sender}|provider:microsoft"
+    att = _attempts(evs)
+    mine = [e for e in att if e["sender_domain"] == sender]
+    ms = [e for e in mine if provider(e) == "microsoft"]
+    assert 0.12 < len(ms) / len(mine) < 0.30  # Microsoft: about 20 % of the sender's mail
+    consumer_ms = {d for d, *_ in CONSUMER_DOMAINS if RESOLVER.resolve(d, "")[0] == "microsoft"}
+    outlook_com = [e for e in ms if e["recipient_domain"] in consumer_ms]
+
+    def fails(e: dict[str, Any]) -> bool:
+        return e.get("enhanced_code") == "5.7.515"
+
+    def share(t0: float, t1: float) -> float:
+        sel = [e for e in outlook_com if tr.onset + t0 <= e["timestamp"] < tr.onset + t1]
+        assert len(sel) > 20
+        return _rate(sel, fails)
+
+    assert share(-1800.0, 0.0) == 0.0
+    ramp = [share(a, a + 150.0) for a in range(0, 600, 150)]
+    assert ramp[0] < 0.3 and 0.6 < ramp[-1] < 1.0
+    assert sorted(ramp) == ramp  # the failing share rises over the 10 min ...
+    assert share(600.0, 1800.0) > 0.97  # ... to ~100 %
+    assert all(fails(e) for e in att if e.get("enhanced_code") == "5.7.515")
+    assert not any(fails(e) for e in att if e["sender_domain"] != sender)
+    assert {e["recipient_domain"] for e in ms if fails(e)} <= consumer_ms  # not M365 tenants
+    # its other providers still accept it
+    assert not any(
+        e["event"] == "bounced" and "authenticat" in e["response"].lower()
+        for e in mine
+        if provider(e) != "microsoft"
+    )
+    text = next(e["response"] for e in ms if fails(e))
+    assert text.startswith(
+        f"550 5.7.515 Access denied, sending domain [{sender}] does not meet the required "
+        "authentication level."
+    )
+
+
+def chk_campaign_complaints(sim: Simulator, tr: Truth, evs: list[dict[str, Any]]) -> None:
+    camp = "umbrella-2026-11-16-winback"
+    assert tr.type == "complaint_spike" and tr.act_scope == f"campaign:{camp}|provider:yahoo"
+    end = tr.end if tr.end is not None else sim.end
+    delivered = {
+        e["message_id"]: e["timestamp"]
+        for e in evs
+        if e["event"] == "delivered" and e["campaign"] == camp
+    }
+    in_window = {m for m, t in delivered.items() if tr.onset <= t < end}
+    dl: collections.Counter[str] = collections.Counter()
+    cp: collections.Counter[str] = collections.Counter()
+    delays: list[float] = []
+    for e in evs:
+        if e["campaign"] != camp or e["message_id"] not in in_window:
+            continue
+        p = provider(e)
+        if e["event"] == "delivered":
+            dl[p] += 1
+        elif e["event"] == "complained":
+            cp[p] += 1
+            if p == "yahoo":
+                delays.append(e["timestamp"] - delivered[e["message_id"]])
+    assert dl["yahoo"] > 300 and dl["microsoft"] > 300
+    assert cp["yahoo"] / dl["yahoo"] > 0.1  # the spike: at Yahoo ...
+    other_cp = sum(n for p, n in cp.items() if p != "yahoo")
+    other_dl = sum(n for p, n in dl.items() if p != "yahoo")
+    assert other_cp <= 6 and other_cp / other_dl < 0.002  # ... only chance complaints elsewhere
+    assert cp["google"] == 0
+    # complaints arrive minutes to hours after the delivery, stamped with their arrival
+    d = np.array(delays) / 60.0
+    assert d.min() >= 1.0 and 15.0 < float(np.median(d)) < 50.0 and d.max() > 60.0
+
+
+def chk_normal_no_fbl(sim: Simulator, tr: Truth | None, evs: list[dict[str, Any]]) -> None:
+    assert tr is None and sim.truth == []
+    dl: collections.Counter[str] = collections.Counter()
+    cp: collections.Counter[str] = collections.Counter()
+    for e in evs:
+        if e["event"] in ("delivered", "complained"):
+            (dl if e["event"] == "delivered" else cp)[provider(e)] += 1
+    assert dl["google"] > 10_000 and cp["google"] == 0  # Gmail: no per-message complaints
+    for p in ("yahoo", "microsoft"):
+        assert 0.0001 < cp[p] / dl[p] < 0.0009, (p, cp[p], dl[p])  # ~0.02-0.05 %
+    for p in ("apple", "gmx", "other"):
+        assert cp[p] == 0, p
+    # the chance rates: Yahoo and Microsoft consumer domains only, Google none
+    base = sim.effects.complaint_base
+    assert base is not None
+    for i, prov in enumerate(sim.dom_provider):
+        if prov == "google" or not sim.dom_consumer[i]:
+            assert base[i].tolist() == [0.0, 0.0], sim.dom_names[i]
+    assert base[sim.dom_names.index("yahoo.com")].tolist() == [1.0e-4, 8.0e-4]
+    assert base[sim.dom_names.index("outlook.com")].tolist() == [7.0e-5, 5.5e-4]
+
+
+Check = Callable[[Simulator, Any, list[dict[str, Any]]], None]
+
+#: (scenario, rate, duration_s, params, check): each new scenario produces what it claims.
+NEW_CASES: list[tuple[str, float, float, dict[str, Any], Check]] = [
+    (
+        "ip-rate-limited-gmail",
+        10.0,
+        5400.0,
+        {"onset_s": 2700.0, "length_s": 1800.0},
+        chk_ip_rate_limited_gmail,
+    ),
+    (
+        "pool-blocked-yahoo",
+        10.0,
+        5400.0,
+        {"onset_s": 2700.0, "length_s": 1800.0},
+        chk_pool_blocked_yahoo,
+    ),
+    (
+        "sender-auth-microsoft-ramp",
+        40.0,
+        3600.0,
+        {"onset_s": 1800.0},
+        chk_sender_auth_ramp,
+    ),
+    (
+        "campaign-complaints-one-provider",
+        5.0,
+        4 * 3600.0,
+        {"onset_s": 2700.0, "length_s": 1800.0, "intensity": 0.2, "campaign_rate": 6.0},
+        chk_campaign_complaints,
+    ),
+    ("normal-24h-gmail-no-fbl", 10.0, 8 * 3600.0, {}, chk_normal_no_fbl),
+]
+
+
+@pytest.mark.parametrize(("scenario", "rate", "duration_s", "params", "check"), NEW_CASES)
+def test_new_scenario_produces_what_it_claims(
+    scenario: str, rate: float, duration_s: float, params: dict[str, Any], check: Check
+) -> None:
+    sim, evs = run(scenario, rate=rate, duration_s=duration_s, params=tuple(sorted(params.items())))
+    truth = sim.truth
+    tr = truth[0] if truth else None
+    if tr is not None and "onset_s" in params:
+        assert tr.onset == sim.start + params["onset_s"]
+    check(sim, tr, evs)
+
+
+def test_campaign_complaints_volume_at_yahoo() -> None:
+    """Default rate 50: >= 500 deliveries per 15 min of the campaign at Yahoo."""
+    sim, evs = run(
+        "campaign-complaints-one-provider",
+        rate=50.0,
+        duration_s=1500.0,
+        params=(("length_s", 900.0), ("onset_s", 300.0)),
+    )
+    (tr,) = sim.truth
+    camp = tr.act_scope.split("|")[0].split(":", 1)[1]
+    n = sum(
+        1
+        for e in evs
+        if e["event"] == "delivered"
+        and e["campaign"] == camp
+        and tr.onset <= e["timestamp"] < tr.onset + 900.0
+        and provider(e) == "yahoo"
+    )
+    assert 500 <= n < 900
 
 
 def test_unknown_scenario_rejected() -> None:

@@ -37,6 +37,8 @@ from models.sim.replies import R
 from models.sim.scenarios import ScenarioEffects
 from models.sim.traffic import (
     DEAD_DOMAINS,
+    FBL_DELAY_MEDIAN_S,
+    FBL_DELAY_SIGMA,
     GREYLIST_P,
     Calendar,
     Fleet,
@@ -280,15 +282,16 @@ class Lifecycle:
                 ev_reply.append(np.full(int(mask.sum()), -1, dtype=np.int64))
                 ev_tok.append(np.zeros(int(mask.sum()), dtype=np.int64))
 
-        # Complaints (FBL providers only).
-        pc = np.where(self.outcomes.dom_fbl[dom], np.where(mark, 4e-4, 5e-5), 0.0)
+        # Complaints (FBL providers only; a scenario may set other chance rates).
+        base = self.effects.complaint_base
+        if base is None:
+            base = self.outcomes.dom_complaint
+        pc = base[dom, mark.astype(np.int64)]
         pc = self.effects.complaint_prob(pc, rows, td, dom, camp_all)
         comp = rng.random(m) < pc
-        add(
-            comp,
-            td + np.clip(rng.lognormal(math.log(20 * MINUTE), 1.0, m), 30.0, 8 * HOUR),
-            K_COMPLAINED,
-        )
+        raw = rng.lognormal(math.log(FBL_DELAY_MEDIAN_S), FBL_DELAY_SIGMA, m)
+        delay = self.effects.complaint_delays(raw, rows, td, dom, camp_all)
+        add(comp, td + delay, K_COMPLAINED)
         # Opens (Apple Mail Privacy Protection pre-fetches most messages within minutes).
         apple = self.outcomes.dom_apple[dom]
         po = np.where(apple, 0.65, np.where(mark, 0.2, 0.35))

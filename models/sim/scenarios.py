@@ -3,8 +3,13 @@
 A scenario (docs/simulator.md, "Scenarios and ground truth") is built once per run by
 :class:`ScenarioBuilder` into :class:`ScenarioEffects`: attempt effects (:class:`Effect`: replies
 overriding attempt outcomes of matching messages in a time window), complaint effects
-(:class:`ComplaintEffect`), extra message streams (scenario campaigns) and the ground truth
-(:class:`Truth`). The message lifecycle applies the effects per attempt and per delivery.
+(:class:`ComplaintEffect`), other chance complaint rates, extra message streams (scenario
+campaigns) and the ground truth (:class:`Truth`). The message lifecycle applies the effects per
+attempt and per delivery.
+
+Scopes in the ground truth are the pipeline's scope keys (docs/events.md, "Scopes") or, for a
+cause at one mailbox provider, a *combined* scope ``<kind>:<value>|provider:<provider>``
+(:func:`combined`), the form issue 11 asks the detector to produce.
 """
 
 from __future__ import annotations
@@ -18,7 +23,16 @@ import numpy as np
 
 from models.sim.config import BOOL, F64, HOUR, I64, MINUTE, SimConfig
 from models.sim.replies import R
-from models.sim.traffic import TENANTS, Calendar, Fleet, OutcomeTables, Stream
+from models.sim.traffic import (
+    FBL_DELAY_CLIP_S,
+    FBL_DELAY_MEDIAN_S,
+    FBL_DELAY_SIGMA,
+    TENANTS,
+    Calendar,
+    Fleet,
+    OutcomeTables,
+    Stream,
+)
 
 SCENARIOS: Final[tuple[str, ...]] = (
     "baseline",
@@ -30,7 +44,17 @@ SCENARIOS: Final[tuple[str, ...]] = (
     "auth-failure",
     "bad-list-import",
     "mixed",
+    "ip-rate-limited-gmail",
+    "pool-blocked-yahoo",
+    "sender-auth-microsoft-ramp",
+    "campaign-complaints-one-provider",
+    "normal-24h-gmail-no-fbl",
 )
+
+
+def combined(scope: str, provider: str) -> str:
+    """The combined scope key of ``scope`` at one mailbox provider: ``ip:x|provider:google``."""
+    return f"{scope}|provider:{provider}"
 
 
 @dataclass(frozen=True)
@@ -38,18 +62,33 @@ class Truth:
     """One injected incident. ``scopes``: acceptable scope keys, most precise first.
 
     ``onset``/``end`` are event-time epoch seconds; ``end`` is None when the incident lasts until
-    the end of the run.
+    the end of the run. ``act_scope`` is the one scope an experienced deliverability engineer
+    would act on (throttle, pause, drain): the scope the incident should name. It is one of
+    ``scopes``; left empty, it is ``scopes[0]``.
     """
 
     type: str
     scopes: tuple[str, ...]
     onset: float
     end: float | None
+    act_scope: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.scopes:
+            raise ValueError("a Truth needs at least one acceptable scope")
+        if not self.act_scope:
+            object.__setattr__(self, "act_scope", self.scopes[0])
+        elif self.act_scope not in self.scopes:
+            raise ValueError(f"act_scope {self.act_scope!r} is not one of {self.scopes}")
 
 
 @dataclass
 class Effect:
-    """Overrides attempt outcomes in a time window for matching messages."""
+    """Overrides attempt outcomes in a time window for matching messages.
+
+    ``prob`` is the probability per matching attempt; with ``ramp_s`` > 0 it rises linearly from
+    0 at ``onset`` to ``prob`` at ``onset + ramp_s`` (e.g. DNS caches expiring one by one).
+    """
 
     onset: float
     end: float
@@ -61,15 +100,41 @@ class Effect:
     campaigns: tuple[int, ...] = ()
     per_domain: I64 | None = None  # reply id per domain (-1 = not affected)
     valid_only: bool = False
+    ramp_s: float = 0.0
+
+    def prob_at(self, ta: F64) -> F64 | float:
+        """Probability per matching attempt at times ``ta`` (the ramp applied)."""
+        if self.ramp_s <= 0.0:
+            return self.prob
+        return np.asarray(
+            self.prob * np.clip((ta - self.onset) / self.ramp_s, 0.0, 1.0), dtype=np.float64
+        )
 
 
 @dataclass
 class ComplaintEffect:
+    """Sets the complaint probability of deliveries in ``[onset, end)`` of the ``campaigns``
+    (all when empty) at the domains of ``dom_mask``.
+
+    ``delay_median_s`` (None: the normal FBL delay) and ``delay_sigma`` give these complaints
+    their own lognormal delay after the delivery, clipped to ``delay_clip_s``.
+    """
+
     onset: float
     end: float
     prob: float
     dom_mask: BOOL
     campaigns: tuple[int, ...]
+    delay_median_s: float | None = None
+    delay_sigma: float = FBL_DELAY_SIGMA
+    delay_clip_s: tuple[float, float] = FBL_DELAY_CLIP_S
+
+    def selects(self, rows: I64, td: F64, dom: I64, camp_all: I64) -> BOOL:
+        """Which deliveries (of ``rows`` at times ``td`` to domains ``dom``) the effect covers."""
+        sel = (td >= self.onset) & (td < self.end) & self.dom_mask[dom]
+        if self.campaigns:
+            sel &= np.isin(camp_all[rows], self.campaigns)
+        return np.asarray(sel, dtype=np.bool_)
 
 
 @dataclass
@@ -77,10 +142,13 @@ class ScenarioEffects:
     """What a scenario overlays on the normal traffic, and its ground truth.
 
     ``false_bounce_domains`` is set (sorted names) only by the ``b2b-false-bounces`` scenario.
+    ``complaint_base`` replaces the chance complaint rates of ``OutcomeTables.dom_complaint``
+    (``[domain, marketing]``) when set.
     """
 
     attempts: list[Effect] = field(default_factory=list)
     complaints: list[ComplaintEffect] = field(default_factory=list)
+    complaint_base: F64 | None = None
     streams: list[Stream] = field(default_factory=list)
     truth: list[Truth] = field(default_factory=list)
     false_bounce_domains: list[str] | None = None
@@ -119,7 +187,7 @@ class ScenarioEffects:
                 sel &= valid
             if ef.per_domain is not None:
                 sel &= ef.per_domain[dom] >= 0
-            sel &= rng.random(m) < ef.prob
+            sel &= rng.random(m) < ef.prob_at(ta)
             if not sel.any():
                 continue
             if ef.per_domain is not None:
@@ -132,10 +200,27 @@ class ScenarioEffects:
     def complaint_prob(self, pc: F64, rows: I64, td: F64, dom: I64, camp_all: I64) -> F64:
         """Complaint probability per delivery of ``rows`` at times ``td``, with the effects."""
         for ce in self.complaints:
-            sel = (td >= ce.onset) & (td < ce.end) & ce.dom_mask[dom]
-            sel &= np.isin(camp_all[rows], ce.campaigns)
-            pc = np.where(sel, ce.prob, pc)
+            pc = np.where(ce.selects(rows, td, dom, camp_all), ce.prob, pc)
         return pc
+
+    def complaint_delays(self, raw: F64, rows: I64, td: F64, dom: I64, camp_all: I64) -> F64:
+        """Complaint delays per delivery of ``rows``, from ``raw`` lognormal draws.
+
+        ``raw`` has the normal FBL delay's median and sigma (``traffic.FBL_DELAY_*``); the
+        deliveries of a complaint effect with its own delay get the same quantile of that
+        effect's distribution.
+        """
+        delay = np.clip(raw, *FBL_DELAY_CLIP_S)
+        for ce in self.complaints:
+            if ce.delay_median_s is None:
+                continue
+            sel = ce.selects(rows, td, dom, camp_all)
+            if not sel.any():
+                continue
+            z = np.log(raw[sel] / FBL_DELAY_MEDIAN_S) / FBL_DELAY_SIGMA
+            own = ce.delay_median_s * np.exp(ce.delay_sigma * z)
+            delay[sel] = np.clip(own, *ce.delay_clip_s)
+        return np.asarray(delay, dtype=np.float64)
 
 
 class ScenarioBuilder:
@@ -202,6 +287,11 @@ class ScenarioBuilder:
             "complaint-spike": self._sc_complaints,
             "auth-failure": self._sc_auth,
             "bad-list-import": self._sc_bad_list,
+            "ip-rate-limited-gmail": self._sc_ip_rate_limited_gmail,
+            "pool-blocked-yahoo": self._sc_pool_blocked_yahoo,
+            "sender-auth-microsoft-ramp": self._sc_sender_auth_microsoft_ramp,
+            "campaign-complaints-one-provider": self._sc_campaign_complaints_one_provider,
+            "normal-24h-gmail-no-fbl": self._sc_normal_gmail_no_fbl,
         }[name]
         builder(p)
 
@@ -244,8 +334,15 @@ class ScenarioBuilder:
                 dom_mask=mask,
             )
         )
+        # Act on: the provider (extend queue lifetimes, back off); nothing of ours is at fault.
         self.effects.truth.append(
-            Truth("provider_outage", (f"provider:{prov}", f"mx:{prov}"), onset, tend)
+            Truth(
+                "provider_outage",
+                (f"provider:{prov}", f"mx:{prov}"),
+                onset,
+                tend,
+                act_scope=f"provider:{prov}",
+            )
         )
 
     def _ip_index(self, ip: str) -> int:
@@ -274,7 +371,11 @@ class ScenarioBuilder:
             )
         )
         pool = self.fleet.pool_names[int(self.fleet.ip_pool[ii])]
-        self.effects.truth.append(Truth("block", (f"ip:{ip}", f"pool:{pool}"), onset, tend))
+        # Act on: the IP toward that provider only (drain it there, request delisting); the IP's
+        # mail to other providers is fine.
+        act = combined(f"ip:{ip}", prov)
+        scopes = (act, f"ip:{ip}", combined(f"pool:{pool}", prov), f"pool:{pool}")
+        self.effects.truth.append(Truth("block", scopes, onset, tend, act_scope=act))
 
     def _sc_rate_limited(self, p: dict[str, Any]) -> None:
         prov = str(p.get("provider", "google"))
@@ -304,11 +405,16 @@ class ScenarioBuilder:
                 ip_mask=ip_mask,
             )
         )
-        scopes = [f"ip:{self.fleet.ip_names[i]}" for i in ips]
+        # Act on: the throttled IPs toward that provider: the pool's (or the one IP's) rate to
+        # that provider, not all mail to the provider, not the pool's mail elsewhere.
+        ip_scopes = [f"ip:{self.fleet.ip_names[i]}" for i in ips]
+        scopes = [combined(s, prov) for s in ip_scopes] + ip_scopes
         if "ip" not in p:
-            scopes.insert(0, f"pool:{pool}")
+            scopes = [combined(f"pool:{pool}", prov), f"pool:{pool}", *scopes]
         scopes.append(f"provider:{prov}")
-        self.effects.truth.append(Truth("rate_limited", tuple(scopes), onset, tend))
+        self.effects.truth.append(
+            Truth("rate_limited", tuple(scopes), onset, tend, act_scope=scopes[0])
+        )
 
     def _sc_false_bounces(self, p: dict[str, Any]) -> None:
         op = str(p.get("operator", "mimecast"))
@@ -341,8 +447,12 @@ class ScenarioBuilder:
         )
         domains = sorted(self.fleet.dom_names[i] for i in chosen)
         self.effects.false_bounce_domains = domains
+        # Act on: the MX operator (do not suppress its user-unknown bounces, hold the mail):
+        # one scope covering all affected domains, whose set is not known in advance.
         scopes = (f"mx:{op}", *(f"domain:{d}" for d in domains))
-        self.effects.truth.append(Truth("false_hard_bounces", scopes, onset, tend))
+        self.effects.truth.append(
+            Truth("false_hard_bounces", scopes, onset, tend, act_scope=f"mx:{op}")
+        )
 
     def _scenario_campaign(self, tenant: str, kind: str, onset: float) -> tuple[int, int]:
         if tenant not in self.fleet.tenant_names:
@@ -352,27 +462,55 @@ class ScenarioBuilder:
         return ti, self.calendar.campaign(f"{tenant}-{date}-{kind}")
 
     def _sc_complaints(self, p: dict[str, Any]) -> None:
+        """A scenario campaign whose complaints at one provider jump from the onset.
+
+        Extra parameters: ``lead_s`` (the campaign starts this long before the onset, 45 min),
+        ``delay_median_s`` / ``delay_sigma`` (the complaints' own delay; default the normal FBL
+        delay).
+        """
         prov = str(p.get("provider", "yahoo"))
         tenant = str(p.get("tenant", "acme"))
         onset, end, tend = self._window(p, 1 / 3, 60 * MINUTE)
         ti, c = self._scenario_campaign(tenant, str(p.get("campaign_kind", "flash-sale")), onset)
         crate = float(p.get("campaign_rate", 0.15 * self.config.rate))
+        lead = float(p.get("lead_s", 45 * MINUTE))
         stop = self.end if math.isinf(end) else end
         self.effects.streams.append(
-            Stream(ti, c, max(self.start, onset - 45 * MINUTE), stop, crate, False, True)
+            Stream(ti, c, max(self.start, onset - lead), stop, crate, False, True)
         )
+        dmed = p.get("delay_median_s")
         self.effects.complaints.append(
             ComplaintEffect(
-                onset, end, float(p.get("intensity", 0.01)), self._dom_mask_provider(prov), (c,)
+                onset,
+                end,
+                float(p.get("intensity", 0.01)),
+                self._dom_mask_provider(prov),
+                (c,),
+                delay_median_s=None if dmed is None else float(dmed),
+                delay_sigma=float(p.get("delay_sigma", FBL_DELAY_SIGMA)),
+                delay_clip_s=(
+                    float(p.get("delay_min_s", FBL_DELAY_CLIP_S[0])),
+                    float(p.get("delay_max_s", FBL_DELAY_CLIP_S[1])),
+                ),
             )
         )
         camp = self.calendar.campaign_names[c]
+        # Act on: the campaign at that provider (pause it there); its mail elsewhere draws the
+        # usual complaints.
+        act = combined(f"campaign:{camp}", prov)
         self.effects.truth.append(
             Truth(
                 "complaint_spike",
-                (f"campaign:{camp}", f"tenant:{tenant}", f"provider:{prov}"),
+                (
+                    act,
+                    f"campaign:{camp}",
+                    combined(f"tenant:{tenant}", prov),
+                    f"tenant:{tenant}",
+                    f"provider:{prov}",
+                ),
                 onset,
                 tend,
+                act_scope=act,
             )
         )
 
@@ -398,7 +536,15 @@ class ScenarioBuilder:
         scopes = [f"sender:{sender}"]
         if len(TENANTS[self.fleet.sender_tenant[si]].senders) == 1:
             scopes.append(f"tenant:{tenant}")
-        self.effects.truth.append(Truth("auth_failure", tuple(scopes), onset, tend))
+        # Narrower acceptable scopes: the sender at each provider that rejects it.
+        provs = sorted(
+            {self.fleet.dom_provider[i] for i in np.flatnonzero(self.outcomes.dom_auth_reply >= 0)}
+        )
+        scopes += [combined(f"sender:{sender}", pv) for pv in provs]
+        # Act on: the sender domain (pause its stream, fix DNS): it fails at every big provider.
+        self.effects.truth.append(
+            Truth("auth_failure", tuple(scopes), onset, tend, act_scope=f"sender:{sender}")
+        )
 
     def _sc_bad_list(self, p: dict[str, Any]) -> None:
         tenant = str(p.get("tenant", "initech"))
@@ -410,11 +556,91 @@ class ScenarioBuilder:
         self.effects.streams.append(
             Stream(ti, c, onset, stop, crate, False, True, imported=invalid, dead_share=0.03)
         )
+        camp = self.calendar.campaign_names[c]
+        # Act on: the campaign (pause it, suppress its bounces): the list is bad everywhere.
         self.effects.truth.append(
             Truth(
                 "hard_bounce_spike",
-                (f"campaign:{self.calendar.campaign_names[c]}", f"tenant:{tenant}"),
+                (f"campaign:{camp}", f"tenant:{tenant}"),
                 onset,
                 tend,
+                act_scope=f"campaign:{camp}",
             )
         )
+
+    # ------------------------------------------------ issue 11: the scope to act on -------
+    def _sc_ip_rate_limited_gmail(self, p: dict[str, Any]) -> None:
+        """Gmail rate-limits ONE sending IP (421-4.7.28); its pool-mates and other providers
+        are fine. A large tenant's dedicated IP by default."""
+        q = {"provider": "google", "ip": "203.0.113.6", "intensity": 0.5, "length_s": 5400.0}
+        self._sc_rate_limited({**q, **p})
+
+    def _sc_pool_blocked_yahoo(self, p: dict[str, Any]) -> None:
+        """Yahoo defers every IP of ONE pool with ``421 4.7.0 [TSS04]`` (reputation of the pool's
+        shared traffic); the other pools and other providers are fine. TSS04 is a throttle-class
+        deferral (docs/classification.md), so the incident type is ``rate_limited``."""
+        q = {"provider": "yahoo", "pool": "shared-2", "intensity": 0.8, "length_s": 7200.0}
+        self._sc_rate_limited({**q, **{k: v for k, v in p.items() if k != "ip"}})
+
+    def _sc_sender_auth_microsoft_ramp(self, p: dict[str, Any]) -> None:
+        """Outlook.com (consumer Microsoft domains) starts rejecting ONE sender domain with
+        ``550 5.7.515``; the failing share ramps up over ``ramp_s`` (600 s) as resolvers' caches
+        of the broken DNS record expire. Other providers and Microsoft 365 tenants accept."""
+        sender = str(p.get("sender", "e.umbrella-health.com"))
+        prov = "microsoft"
+        if sender not in self.fleet.sender_names:
+            raise ValueError(f"unknown sender domain {sender!r}; one of {self.fleet.sender_names}")
+        si = self.fleet.sender_names.index(sender)
+        onset, end, tend = self._window(p, 1 / 3, None)
+        smask = np.zeros(len(self.fleet.sender_names), dtype=np.bool_)
+        smask[si] = True
+        dmask = self._dom_mask_provider(prov) & self.fleet.dom_consumer
+        self.effects.attempts.append(
+            Effect(
+                onset,
+                end,
+                float(p.get("intensity", 1.0)),
+                self._ids([R["ms_auth"]]),
+                dom_mask=dmask,
+                sender_mask=smask,
+                ramp_s=float(p.get("ramp_s", 600.0)),
+            )
+        )
+        act = combined(f"sender:{sender}", prov)
+        self.effects.truth.append(
+            Truth("auth_failure", (act, f"sender:{sender}"), onset, tend, act_scope=act)
+        )
+
+    def _sc_campaign_complaints_one_provider(self, p: dict[str, Any]) -> None:
+        """ONE campaign draws complaints at ONE provider with per-message feedback (Yahoo CFL):
+        a win-back campaign to a lapsed segment, >= 500 Yahoo deliveries per 15 min at rate 50.
+        Complaints arrive minutes to hours after delivery (median 30 min, sigma 1.2)."""
+        q: dict[str, Any] = {
+            "provider": "yahoo",
+            "tenant": "umbrella",
+            "campaign_kind": "winback",
+            "intensity": 0.01,
+            "campaign_rate": 0.12 * self.config.rate,
+            "length_s": 3600.0,
+            "lead_s": 1800.0,
+            "delay_median_s": 1800.0,
+            "delay_sigma": 1.2,
+            "delay_min_s": 60.0,
+            "delay_max_s": 24 * HOUR,
+        }
+        self._sc_complaints({**q, **p})
+
+    def _sc_normal_gmail_no_fbl(self, p: dict[str, Any]) -> None:
+        """Normal traffic, no incident: Gmail (and the other non-FBL providers) send no
+        per-message complaints; Yahoo and Microsoft send chance complaints at realistic low
+        rates. ``complaint_rates``: {provider: (transactional, marketing)} per delivery."""
+        rates: dict[str, tuple[float, float]] = {
+            "yahoo": (1.0e-4, 8.0e-4),
+            "microsoft": (7.0e-5, 5.5e-4),
+            **dict(p.get("complaint_rates", {})),
+        }
+        base = self.outcomes.dom_complaint.copy()
+        for prov, (tr, mk) in rates.items():
+            rows = self._dom_mask_provider(prov) & self.outcomes.dom_fbl
+            base[rows] = (float(tr), float(mk))
+        self.effects.complaint_base = base

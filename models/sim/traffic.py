@@ -183,6 +183,14 @@ _EU_TLDS: Final = frozenset({".de", ".co.uk", ".fr", ".nl", ".ch"})
 #: Postmaster Tools / Feedback-ID data); Apple, GMX/web.de, Orange, T-Online, QQ have none.
 FBL_PROVIDERS: Final = frozenset({"microsoft", "yahoo", "comcast", "att", "mailru", "yandex"})
 
+#: Chance complaints per delivered message at FBL providers: (transactional, marketing).
+COMPLAINT_RATE: Final[tuple[float, float]] = (5e-5, 4e-4)
+#: Delay of an FBL complaint after the delivery (the report's arrival, which the simulator stamps
+#: as the complaint's event time): lognormal with this median and sigma, clipped to the range.
+FBL_DELAY_MEDIAN_S: Final = 20 * MINUTE
+FBL_DELAY_SIGMA: Final = 1.0
+FBL_DELAY_CLIP_S: Final[tuple[float, float]] = (30.0, 8 * HOUR)
+
 POOLS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
     ("shared-1", tuple(f"192.0.2.{i}" for i in range(10, 18))),
     ("shared-2", tuple(f"198.51.100.{i}" for i in range(20, 28))),
@@ -479,8 +487,8 @@ class OutcomeTables:
     Per domain: the user-unknown reply (``dom_uu_reply``), the greylisting reply, the reply to a
     sender failing authentication (-1: accepted), up to six background-noise replies with their
     probabilities per attempt on a valid recipient (cumulative in ``noise_cum``), and the flags
-    used by engagement (per-message FBL, Apple Mail Privacy Protection). Per reply id: its event
-    kind and whether it is a greylisting reply.
+    used by engagement (per-message FBL, chance complaint rates, Apple Mail Privacy Protection).
+    Per reply id: its event kind and whether it is a greylisting reply.
     """
 
     def __init__(self, fleet: Fleet) -> None:
@@ -592,6 +600,10 @@ class OutcomeTables:
             self.is_grey_reply[R[key]] = True
         fbl = np.array([p in FBL_PROVIDERS for p in fleet.dom_provider], dtype=np.bool_)
         self.dom_fbl: BOOL = fbl & fleet.dom_consumer
+        #: chance complaint probability per delivery, [domain, marketing (0/1)]
+        self.dom_complaint: F64 = np.where(
+            self.dom_fbl[:, None], np.array(COMPLAINT_RATE, dtype=np.float64)[None, :], 0.0
+        )
         self.dom_apple: BOOL = np.array([p == "apple" for p in fleet.dom_provider], dtype=np.bool_)
 
 
