@@ -55,6 +55,7 @@ def test_truth_file_and_list(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     t = json.loads(truth.read_text())
     assert t and t[0]["type"] == "provider_outage"
+    assert t[0]["act_scope"] == "provider:microsoft" and t[0]["act_scope"] in t[0]["scopes"]
     listed = runner.invoke(app, ["simulate", "--list"])
     assert "b2b-false-bounces" in listed.output.split()
     bad = runner.invoke(app, ["simulate", "--scenario", "nope", "--out", str(tmp_path / "y")])

@@ -113,7 +113,13 @@ def register(app: typer.Typer) -> None:
             truth.write_bytes(
                 orjson.dumps(
                     [
-                        {"type": t.type, "scopes": list(t.scopes), "onset": t.onset, "end": t.end}
+                        {
+                            "type": t.type,
+                            "scopes": list(t.scopes),
+                            "act_scope": t.act_scope,
+                            "onset": t.onset,
+                            "end": t.end,
+                        }
                         for t in sim.truth
                     ],
                     option=orjson.OPT_INDENT_2,
