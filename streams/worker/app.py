@@ -51,7 +51,7 @@ from streams.worker.decoding import ingest_pipeline
 from streams.worker.metrics import Metrics
 from streams.worker.owners import EveryThirtySeconds, MonitorView, Owner, install_log_filter
 from streams.worker.settings import Settings
-from streams.worker.snapstore import pieces, read_newest, state_partition
+from streams.worker.snapstore import pieces, producer_partition, read_newest
 from streams.worker.wire import (
     MAX_ROWS_PER_MESSAGE,
     chunk_deltas,
@@ -304,14 +304,13 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
     async def write_ingest_snapshots(snaps: dict[int, tuple[Snap, int]]) -> None:
         """Write the ingest memories of each partition with the offset they cover (committed)."""
         prod = await plain_producer()
-        n_parts = settings.topic_partitions
         for part, (snap, offset) in snaps.items():
             t0 = time.perf_counter()
             data = await asyncio.to_thread(encode, snap)
             owner = f"i/{settings.topic_events}/{part}"
             gen, prev = state.ingest_generation.get(part, (0, 0))
             recs = pieces(owner, data, gen + 1, {"offset": offset, "previous_pieces": prev})
-            target = state_partition(owner, n_parts)
+            target = await producer_partition(prod, settings.topic_ingest_state, owner)
             futs = [
                 await prod.send(settings.topic_ingest_state, key=k, value=v, partition=target)
                 for k, v in recs
@@ -333,7 +332,6 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             stored = await read_newest(
                 settings.kafka_bootstrap,
                 settings.topic_ingest_state,
-                settings.topic_partitions,
                 f"i/{settings.topic_events}/{part}",
             )
         except (KafkaError, TimeoutError, OSError) as exc:
@@ -432,8 +430,9 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             async with flush_lock:
                 for tp in assigned:
                     forget_partition(tp)  # whatever a batch read before the rebalance left
-                    await restore_ingest(self.consumer, tp)
-                    state.assigned.add(tp)
+                # the partitions' snapshots are read side by side, not one after the other
+                await asyncio.gather(*(restore_ingest(self.consumer, tp) for tp in assigned))
+                state.assigned.update(assigned)
 
     @app.task
     async def ingest() -> None:
@@ -510,59 +509,70 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
                 transactional_id=f"{settings.app_id}.owner.{p}", enable_idempotence=True
             )
             await producer.start()  # fences a previous owner's unfinished transaction
-            stored = await read_newest(
-                settings.kafka_bootstrap,
-                settings.topic_state,
-                settings.rollup_partitions,
-                f"o/{settings.topic_rollup}/{p}",
-            )
-            end = (await consumer.end_offsets([tp]))[tp]
-            if stored is not None and int(stored.meta.get("offset", 0)) > end:
-                log.warning(
-                    "rollup partition %d: snapshot at offset %s is past the end of the topic "
-                    "(%d): it belongs to an earlier topic of that name; starting empty",
-                    p,
-                    stored.meta.get("offset"),
-                    end,
-                )
-                stored = None
-            owner = Owner(p, Monitor(state.monitor_config), producer)
-            if stored is not None:
-                try:
-                    snap = await asyncio.to_thread(decode, stored.data)
-                    owner.monitor = Monitor.restore(snap, state.monitor_config)
-                    owner.seen = {s: set(v) for s, v in snap.meta.get("seen", {}).items()}
-                    owner.next_offset = int(stored.meta["offset"])
-                    owner.generation = owner.restored_from = int(stored.meta["generation"])
-                    owner.pieces = int(stored.meta["pieces"])
-                    consumer.seek(tp, owner.next_offset)
-                    m.restore("owner", "restored")
-                    log.info(
-                        "rollup partition %d restored: generation %d, %d scopes, %d open "
-                        "incidents, from offset %d",
-                        p,
-                        owner.generation,
-                        len(owner.monitor.store.rows),
-                        len(owner.monitor.open_incidents()),
-                        owner.next_offset,
-                    )
-                except (SnapshotError, KeyError, ValueError) as exc:
-                    log.warning("rollup partition %d: snapshot not restored: %s", p, exc)
-                    m.restore("owner", "failed")
-                    owner.monitor = Monitor(state.monitor_config)
-                    stored = None
-            if stored is None:
-                committed = await consumer.committed(tp)
-                if committed is None:
-                    await consumer.seek_to_beginning(tp)
-                    owner.next_offset = 0
-                else:
-                    consumer.seek(tp, committed)
-                    owner.next_offset = committed
-                m.restore("owner", "cold")
-            state.owners[p] = owner
+            try:
+                await restore_owner(consumer, tp, producer)
+            except BaseException:
+                await producer.stop()
+                raise
         finally:
             state.restoring.discard(p)
+
+    async def restore_owner(
+        consumer: AIOKafkaConsumer, tp: TopicPartition, producer: AIOKafkaProducer
+    ) -> None:
+        """Restore rollup partition ``tp``'s Monitor from its newest snapshot and seek to
+        right after what it covers (no snapshot: start empty at the committed offset)."""
+        p = tp.partition
+        stored = await read_newest(
+            settings.kafka_bootstrap,
+            settings.topic_state,
+            f"o/{settings.topic_rollup}/{p}",
+        )
+        end = (await consumer.end_offsets([tp]))[tp]
+        if stored is not None and int(stored.meta.get("offset", 0)) > end:
+            log.warning(
+                "rollup partition %d: snapshot at offset %s is past the end of the topic "
+                "(%d): it belongs to an earlier topic of that name; starting empty",
+                p,
+                stored.meta.get("offset"),
+                end,
+            )
+            stored = None
+        owner = Owner(p, Monitor(state.monitor_config), producer)
+        if stored is not None:
+            try:
+                snap = await asyncio.to_thread(decode, stored.data)
+                owner.monitor = Monitor.restore(snap, state.monitor_config)
+                owner.seen = {s: set(v) for s, v in snap.meta.get("seen", {}).items()}
+                owner.next_offset = int(stored.meta["offset"])
+                owner.generation = owner.restored_from = int(stored.meta["generation"])
+                owner.pieces = int(stored.meta["pieces"])
+                consumer.seek(tp, owner.next_offset)
+                m.restore("owner", "restored")
+                log.info(
+                    "rollup partition %d restored: generation %d, %d scopes, %d open "
+                    "incidents, from offset %d",
+                    p,
+                    owner.generation,
+                    len(owner.monitor.store.rows),
+                    len(owner.monitor.open_incidents()),
+                    owner.next_offset,
+                )
+            except (SnapshotError, KeyError, ValueError) as exc:
+                log.warning("rollup partition %d: snapshot not restored: %s", p, exc)
+                m.restore("owner", "failed")
+                owner.monitor = Monitor(state.monitor_config)
+                stored = None
+        if stored is None:
+            committed = await consumer.committed(tp)
+            if committed is None:
+                await consumer.seek_to_beginning(tp)
+                owner.next_offset = 0
+            else:
+                consumer.seek(tp, committed)
+                owner.next_offset = committed
+            m.restore("owner", "cold")
+        state.owners[p] = owner
 
     async def close_owner(p: int) -> None:
         owner = state.owners.get(p)
@@ -600,7 +610,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
                 owner.generation + 1,
                 {"offset": offset, "previous_pieces": owner.pieces},
             )
-            target = state_partition(key, settings.rollup_partitions)
+            target = await producer_partition(prod, settings.topic_state, key)
             try:
                 async with prod.transaction():
                     for ch in changes:
@@ -649,7 +659,10 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             log.info("rollup partitions assigned: %s", sorted(tp.partition for tp in assigned))
             for tp in assigned:
                 if tp.partition not in state.owners:
-                    await open_owner(self.consumer, tp)
+                    try:
+                        await open_owner(self.consumer, tp)
+                    except Exception as exc:  # the rollup loop starts over for it
+                        owner_failed(f"restoring rollup partition {tp.partition}", exc)
 
     @app.task
     async def rollup() -> None:
@@ -678,6 +691,12 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             while True:
                 batch = await consumer.getmany(timeout_ms=200, max_records=1000)
                 for tp, recs in batch.items():
+                    if tp.partition in state.restoring:
+                        continue  # fetched before its restore seeks to the snapshot's offset
+                    if tp.partition not in state.owners and tp in consumer.assignment():
+                        # assigned, but its state could not be restored: never read past it;
+                        # start over (rejoin, restore again) rather than lose its deltas
+                        raise RuntimeError(f"rollup partition {tp.partition} has no restored state")
                     for rec in recs:
                         owner = state.owners.get(tp.partition)
                         if owner is None:

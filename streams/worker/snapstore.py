@@ -21,6 +21,7 @@ all.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -29,7 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 log = logging.getLogger("repmon.snapshots")
 
@@ -73,11 +75,17 @@ def pieces(
     return out
 
 
+async def producer_partition(producer: AIOKafkaProducer, topic: str, owner: str) -> int:
+    """The partition of ``topic`` that holds ``owner``'s snapshots, from the topic's actual
+    partition count (a topic created earlier may have another count than the settings)."""
+    parts = await producer.partitions_for(topic)
+    return state_partition(owner, len(parts))
+
+
 async def read_newest(
-    bootstrap: str, topic: str, partitions: int, owner: str, timeout_s: float = 60.0
+    bootstrap: str, topic: str, owner: str, timeout_s: float = 60.0
 ) -> Stored | None:
     """The newest complete snapshot of ``owner`` on ``topic`` (None: there is none)."""
-    tp = TopicPartition(topic, state_partition(owner, partitions))
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
@@ -87,13 +95,32 @@ async def read_newest(
     )
     await consumer.start()
     try:
+        deadline = time.monotonic() + timeout_s
+        # a topic created a moment ago may not have a leader in this client's metadata yet:
+        # ask for the metadata again, briefly, instead of one long request timeout
+        while True:
+            # the consumer's own metadata holds only assigned topics: ask the cluster (the
+            # topic's actual partition count, which may differ from the settings)
+            cluster = await consumer._client.fetch_all_metadata()
+            parts = cluster.partitions_for_topic(topic)
+            if not parts:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"topic {topic} has no partitions in the metadata")
+                await asyncio.sleep(0.5)
+                continue
+            tp = TopicPartition(topic, state_partition(owner, len(parts)))
+            try:
+                end = (await asyncio.wait_for(consumer.end_offsets([tp]), 5.0))[tp]
+                break
+            except (TimeoutError, KafkaError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
         metas: list[dict[str, Any]] = []
         got: dict[tuple[int, int], bytes] = {}
         prefix = f"{owner}/".encode()
-        deadline = time.monotonic() + timeout_s
         while await consumer.position(tp) < end:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"reading {topic}[{tp.partition}] took over {timeout_s} s")
