@@ -232,7 +232,7 @@ class Monitor:
         )
         # a wide candidate whose surge one narrower part explains opens on that part
         # (models/detect/attribution.py); the wide scope is listed as related
-        targets = attribute(spec, f, res, self._children(f), self._windows.allowed(spec, f))
+        targets = attribute(spec, f, res, self._parts(f), self._windows.allowed(spec, f))
         changes: list[IncidentChange] = []
         for p in order:
             r = int(f.rows[p])
@@ -293,7 +293,7 @@ class Monitor:
             self.related_total += 1
         return out
 
-    def _children(self, f: Frame) -> dict[int, tuple[int, int]]:
+    def _parts(self, f: Frame) -> dict[int, tuple[int, int]]:
         """Frame positions: combined scope -> its two wide scopes (cached per row layout)."""
         st = self.store
         version = len(st.rows) + 1_000_003 * st.evicted + 7 * st.capacity

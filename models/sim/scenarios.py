@@ -514,14 +514,18 @@ class ScenarioBuilder:
             )
         )
 
-    def _sc_auth(self, p: dict[str, Any]) -> None:
-        sender = str(p.get("sender", "mail.initech.com"))
+    def _sender_mask(self, sender: str) -> BOOL:
+        """The fleet's senders as a mask with only ``sender`` set (ValueError: unknown)."""
         if sender not in self.fleet.sender_names:
             raise ValueError(f"unknown sender domain {sender!r}; one of {self.fleet.sender_names}")
-        si = self.fleet.sender_names.index(sender)
-        onset, end, tend = self._window(p, 1 / 3, None)
         smask = np.zeros(len(self.fleet.sender_names), dtype=np.bool_)
-        smask[si] = True
+        smask[self.fleet.sender_names.index(sender)] = True
+        return smask
+
+    def _sc_auth(self, p: dict[str, Any]) -> None:
+        sender = str(p.get("sender", "mail.initech.com"))
+        smask = self._sender_mask(sender)
+        onset, end, tend = self._window(p, 1 / 3, None)
         self.effects.attempts.append(
             Effect(
                 onset,
@@ -532,6 +536,7 @@ class ScenarioBuilder:
                 per_domain=self.outcomes.dom_auth_reply,
             )
         )
+        si = self.fleet.sender_names.index(sender)
         tenant = self.fleet.tenant_names[self.fleet.sender_tenant[si]]
         scopes = [f"sender:{sender}"]
         if len(TENANTS[self.fleet.sender_tenant[si]].senders) == 1:
@@ -588,12 +593,8 @@ class ScenarioBuilder:
         of the broken DNS record expire. Other providers and Microsoft 365 tenants accept."""
         sender = str(p.get("sender", "e.umbrella-health.com"))
         prov = "microsoft"
-        if sender not in self.fleet.sender_names:
-            raise ValueError(f"unknown sender domain {sender!r}; one of {self.fleet.sender_names}")
-        si = self.fleet.sender_names.index(sender)
+        smask = self._sender_mask(sender)
         onset, end, tend = self._window(p, 1 / 3, None)
-        smask = np.zeros(len(self.fleet.sender_names), dtype=np.bool_)
-        smask[si] = True
         dmask = self._dom_mask_provider(prov) & self.fleet.dom_consumer
         self.effects.attempts.append(
             Effect(
