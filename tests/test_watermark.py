@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 
 from models.state.watermark import PartitionClock, WatermarkTracker
 
-IDLE = 30.0
+SILENT = 60.0
 
 
 def test_min_over_partitions_and_rollup_partitions() -> None:
-    w = WatermarkTracker(IDLE)
+    w = WatermarkTracker(SILENT)
     w.expect(2, now=0)
     w.report(0, 0, 1000.0, False, now=1)
     assert w.watermark(now=1) == 0.0  # partition 1 has not reported: do not move
@@ -26,7 +26,7 @@ def test_min_over_partitions_and_rollup_partitions() -> None:
 
 
 def test_a_partition_far_ahead_does_not_move_time() -> None:
-    w = WatermarkTracker(IDLE)
+    w = WatermarkTracker(SILENT)
     w.expect(3, now=0)
     for p, wm in ((0, 7200.0), (1, 10.0), (2, 20.0)):  # a backlog read unevenly
         w.report(p, 0, wm, False, now=1)
@@ -34,29 +34,31 @@ def test_a_partition_far_ahead_does_not_move_time() -> None:
 
 
 def test_idle_and_silent_partitions_stop_holding_time_back() -> None:
-    w = WatermarkTracker(IDLE)
+    w = WatermarkTracker(SILENT)
     w.expect(3, now=0)
     w.report(0, 0, 500.0, False, now=1)
-    w.report(1, 0, 100.0, True, now=1)  # caught up and quiet for idle_s: excluded
+    w.report(1, 0, 100.0, True, now=1)  # its reader is caught up and quiet: excluded
     w.report(2, 0, 50.0, False, now=1)
     assert w.watermark(now=1) == 50.0
-    w.report(0, 0, 600.0, False, now=40)  # partition 2's reader died: silent after idle_s
-    assert w.watermark(now=40) == 600.0
+    w.report(0, 0, 550.0, False, now=40)  # partition 2 silent for 39 s: a rebalance, wait
+    assert w.watermark(now=40) == 50.0
+    w.report(0, 0, 600.0, False, now=70)  # partition 2's reader died: silent after silent_s
+    assert w.watermark(now=70) == 600.0
     # everything idle or silent: the lowest report, nothing moves past a partition's data
-    w.report(0, 0, 700.0, True, now=80)
-    assert w.watermark(now=80) == 50.0
+    w.report(0, 0, 700.0, True, now=140)
+    assert w.watermark(now=140) == 50.0
 
 
-def test_a_partition_that_never_reports_is_waited_for_idle_s_only() -> None:
-    w = WatermarkTracker(IDLE)
+def test_a_partition_that_never_reports_is_waited_for_silent_s_only() -> None:
+    w = WatermarkTracker(SILENT)
     w.expect(2, now=0)  # partition 1 is empty and nobody reports for it
     w.report(0, 0, 100.0, False, now=1)
     assert w.watermark(now=10) == 0.0
-    assert w.watermark(now=31) == 100.0
+    assert w.watermark(now=61) == 100.0
 
 
 def test_a_moved_partition_holds_time_back_until_its_new_reader_caught_up() -> None:
-    w = WatermarkTracker(IDLE)
+    w = WatermarkTracker(SILENT)
     w.expect(2, now=0)
     w.report(0, 0, 1000.0, False, now=1)
     w.report(1, 0, 1000.0, False, now=1)
@@ -68,13 +70,29 @@ def test_a_moved_partition_holds_time_back_until_its_new_reader_caught_up() -> N
 
 
 def test_revoked_rollup_partition_is_forgotten() -> None:
-    w = WatermarkTracker(IDLE)
+    w = WatermarkTracker(SILENT)
     w.expect(1, now=0)
     w.report(0, 0, 100.0, False, now=1)
     w.report(0, 1, 5.0, False, now=1)
     assert w.watermark(now=1) == 5.0
     w.forget_owner(1)
     assert w.watermark(now=1) == 100.0
+
+
+def test_a_new_owner_starts_from_the_reports_of_its_snapshot() -> None:
+    old = WatermarkTracker(SILENT)
+    old.expect(3, now=0)
+    for p, wm, idle in ((0, 500.0, False), (1, 300.0, False), (2, 900.0, True)):
+        old.report(p, 7, wm, idle, now=1)
+    old.report(0, 8, 1.0, False, now=1)  # another rollup partition's reports stay out
+    saved = old.reports(7)
+    assert saved == {"0": [500.0, False], "1": [300.0, False], "2": [900.0, True]}
+    new = WatermarkTracker(SILENT)
+    new.expect(3, now=100)
+    new.seed(7, saved, now=100)
+    # partition 1 has nothing new to say, yet it still holds the clock back
+    new.report(0, 7, 800.0, False, now=101)
+    assert new.watermark(now=101) == 300.0
 
 
 @settings(max_examples=100, deadline=None)
@@ -87,7 +105,7 @@ def test_revoked_rollup_partition_is_forgotten() -> None:
 )
 def test_never_above_a_live_partition(reports: list[tuple[int, int, float, bool]]) -> None:
     """All reports at one instant: the watermark never exceeds a live (non-idle) report."""
-    w = WatermarkTracker(IDLE)
+    w = WatermarkTracker(SILENT)
     w.expect(4, now=0)
     last: dict[tuple[int, int], tuple[float, bool]] = {}
     for part, owner, wm, idle in reports:

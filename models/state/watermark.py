@@ -10,17 +10,23 @@ partitions, of the minimum over the owner's rollup partitions of the last report
 Excluded from the minimum, so that nobody waits forever:
 
 - an *idle* partition: its reader says it is caught up (nothing pending, read position at the
-  high-water mark) and has read nothing for ``idle_s``: an empty or quiet partition must not
-  stop time for the others;
-- a *silent* partition: no report for ``idle_s`` (its reader died or was revoked and nobody
-  has taken it over yet). A (partition, rollup partition) pair never heard counts as heard when
-  the tracker first learned of either, so a partition that never reports is excluded after
-  ``idle_s`` too.
+  high-water mark) and has read nothing for the reader's idle time: an empty or quiet partition
+  must not stop time for the others;
+- a *silent* partition: no report for ``silent_s`` (its reader died and nobody has taken it over
+  yet). A (partition, rollup partition) pair never heard counts as heard when the tracker first
+  learned of either, so a partition that never reports is excluded after ``silent_s`` too.
+  ``silent_s`` must be longer than a rebalance (group join, restore of the ingest memories,
+  first flush): a partition that is only moving to another reader must hold time back, or the
+  others carry the clock past its unread events and the detectors run on part of the data.
 
 A partition that is known (``expect``) but has not reported yet holds ``W`` back: right after a
 start, the first partition read must not carry time past the others' unread events. When every
 partition is excluded, ``W`` is the minimum over all reports (nothing holds it back, nothing
 moves it past a partition's data).
+
+The reports an owner has heard are part of its durable state (``reports``/``seed``): a new owner
+of a rollup partition starts from the reports its snapshot was taken with, not from nothing, so
+partitions that reported before the snapshot and have nothing new to say still count.
 """
 
 from __future__ import annotations
@@ -41,8 +47,8 @@ class _Report:
 class WatermarkTracker:
     """Per (input partition, rollup partition) reports -> the owner's watermark."""
 
-    def __init__(self, idle_s: float) -> None:
-        self.idle_s = idle_s
+    def __init__(self, silent_s: float) -> None:
+        self.silent_s = silent_s
         self._reports: dict[tuple[int, int], _Report] = {}
         self._owners: dict[int, float] = {}  # rollup partition -> first heard
         self._inputs: dict[int, float] = {}  # input partition -> first known
@@ -59,6 +65,20 @@ class WatermarkTracker:
         self._inputs.setdefault(part, now)
         self._owners.setdefault(owner, now)
         self._reports[(part, owner)] = _Report(watermark, idle, now)
+
+    def reports(self, owner: int) -> dict[str, list[float | bool]]:
+        """The last report of every input partition on rollup partition ``owner``, for its
+        snapshot: ``{partition: [watermark, idle]}``."""
+        return {
+            str(part): [r.watermark, r.idle]
+            for (part, o), r in sorted(self._reports.items())
+            if o == owner
+        }
+
+    def seed(self, owner: int, reports: dict[str, list[float | bool]], now: float) -> None:
+        """Take over rollup partition ``owner`` with the reports of its snapshot (heard now)."""
+        for part, (wm, idle) in reports.items():
+            self.report(int(part), owner, float(wm), bool(idle), now)
 
     def forget_owner(self, owner: int) -> None:
         """The rollup partition was revoked from this worker: its reports no longer apply."""
@@ -77,10 +97,10 @@ class WatermarkTracker:
             for owner, first_heard in self._owners.items():
                 r = self._reports.get((part, owner))
                 if r is None:
-                    if now - max(first_known, first_heard) < self.idle_s:
-                        return 0.0  # wait for its first report, idle_s at most
+                    if now - max(first_known, first_heard) < self.silent_s:
+                        return 0.0  # wait for its first report, silent_s at most
                     continue
-                if r.idle or now - r.heard > self.idle_s:
+                if r.idle or now - r.heard > self.silent_s:
                     continue
                 lows.append(r.watermark)
             if lows:
@@ -124,6 +144,23 @@ class PartitionClock:
         self.watermark = 0.0
         self._held: float | None = None
         self.held_events = 0  #: events that were ahead of the watermark when read
+
+    def state(self) -> list[float | None]:
+        """What a snapshot keeps: ``[watermark, held]``."""
+        return [self.watermark, self._held]
+
+    @classmethod
+    def from_state(cls, st: object, max_ahead_s: float = 300.0) -> PartitionClock:
+        """The clock ``state()`` returned (``None``: a new clock, as before a first event)."""
+        clock = cls(max_ahead_s)
+        if st is None:
+            return clock
+        if not isinstance(st, list | tuple) or len(st) != 2:
+            raise ValueError(f"not a partition clock: {st!r}")
+        wm, held = st
+        clock.watermark = float(wm)
+        clock._held = None if held is None else float(held)
+        return clock
 
     def running(self, ts: NDArray[np.float64]) -> NDArray[np.float64]:
         """Read ``ts`` in order; the watermark after each event."""

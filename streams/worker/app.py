@@ -140,7 +140,7 @@ class WorkerState:
     stopping: bool = False
 
     def __post_init__(self) -> None:
-        self.tracker = WatermarkTracker(self.settings.source_idle_s)
+        self.tracker = WatermarkTracker(self.settings.source_silent_s)
         self.monitor_config = MonitorConfig(
             rolling=RollingConfig(max_scopes=self.settings.max_scopes)
         )
@@ -355,12 +355,15 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             state.pipelines[part] = pipe
             return
         try:
-            pipe.restore_memories(decode(stored.data))
-        except SnapshotError as exc:
+            snap = decode(stored.data)
+            pipe.restore_memories(snap)
+            clock = PartitionClock.from_state(snap.meta.get("clock"))
+        except (SnapshotError, ValueError, TypeError) as exc:
             log.warning("ingest memories of partition %d not restored: %s", part, exc)
             m.restore("ingest", "failed")
             state.pipelines[part] = state.new_pipeline()
             return
+        state.clocks[part] = clock
         state.ingest_generation[part] = (
             int(stored.meta["generation"]),
             int(stored.meta["pieces"]),
@@ -544,6 +547,9 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
                 snap = await asyncio.to_thread(decode, stored.data)
                 owner.monitor = Monitor.restore(snap, state.monitor_config)
                 owner.seen = {s: set(v) for s, v in snap.meta.get("seen", {}).items()}
+                # the input partitions' reports as the snapshot saw them: one that has nothing
+                # new to say still holds the clock back (models/state/watermark.py)
+                state.tracker.seed(p, snap.meta.get("reports", {}), time.monotonic())
                 owner.next_offset = int(stored.meta["offset"])
                 owner.generation = owner.restored_from = int(stored.meta["generation"])
                 owner.pieces = int(stored.meta["pieces"])
@@ -600,6 +606,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             t0 = time.perf_counter()
             snap = owner.monitor.snapshot()
             snap.meta["seen"] = owner.seen_state()
+            snap.meta["reports"] = state.tracker.reports(owner.partition)
             offset, added = owner.next_offset, owner.added_since_snapshot
             changes = list(owner.pending)
             data = await asyncio.to_thread(encode, snap)
@@ -782,7 +789,12 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             last = state.ingest_snapshot_at.get(part, -math.inf)
             due = now - last >= settings.snapshot_every_s and tp in offsets
             if (part in force_snapshot or due) and tp in offsets:
-                mems[part] = (pipe.memories_snapshot(), offsets[tp])
+                snap = pipe.memories_snapshot()
+                # the partition's clock goes with its memories: the next reader reports the
+                # watermark this one reached, not nothing, so its owner's clock (and what the
+                # detectors have run on) is the same after a restart
+                snap.meta["clock"] = clock.state()
+                mems[part] = (snap, offsets[tp])
         caught_up = await caught_up_partitions()
         acks = []
         for part, pending, d in flushed:

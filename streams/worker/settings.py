@@ -66,8 +66,13 @@ class Settings(BaseSettings):
     session_timeout_s: float = Field(default=10.0, ge=1.0, le=300.0)
     #: not ready when the input lag grew in each of this many consecutive ticks (0: never)
     ready_lag_ticks: int = Field(default=30, ge=0, le=64 - 1)
-    #: a worker whose source has sent nothing for this long stops holding the watermark back
+    #: an input partition whose reader is caught up and has read nothing for this long stops
+    #: holding the event-time watermark back (an empty or quiet partition)
     source_idle_s: float = Field(default=30.0, gt=0.0)
+    #: an input partition that has sent no report for this long stops holding the watermark back
+    #: (its reader died and nobody took over); longer than a rebalance, so that a partition that
+    #: is only moving to another reader holds time back meanwhile
+    source_silent_s: float = Field(default=60.0, gt=0.0)
 
     @property
     def rule_files(self) -> list[Path]:
