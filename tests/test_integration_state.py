@@ -117,7 +117,6 @@ def test_kill9_restart_keeps_state_and_closes_the_open_incident(
     w = WorkerProc(kafka_bootstrap, tmp_path / "a")
     # static membership: the restarted worker takes its partitions back at once
     w.env["REPMON_INSTANCE_ID"] = f"it-{uuid.uuid4().hex[:6]}"
-    w.env["REPMON_SOURCE_IDLE_S"] = "2"
     try:
         w.start()
         send(kafka_bootstrap, w, first)
@@ -175,7 +174,6 @@ def test_kill9_restart_keeps_state_and_closes_the_open_incident(
 def test_one_two_one_workers_under_traffic(kafka_bootstrap: str, tmp_path: Path) -> None:
     _, evs = outage_events(seed=4)
     a = WorkerProc(kafka_bootstrap, tmp_path / "a")
-    a.env["REPMON_SOURCE_IDLE_S"] = "2"
     b = a.sibling(tmp_path / "b")
     errors: list[BaseException] = []
     sent = threading.Event()
@@ -278,7 +276,6 @@ def test_broker_stop_and_start(kafka_bootstrap: str, tmp_path: Path) -> None:
     broker = PrivateBroker(tmp_path)
     broker.run("start")
     w = WorkerProc(broker.bootstrap, tmp_path / "w")
-    w.env["REPMON_SOURCE_IDLE_S"] = "2"
     try:
         _, evs = outage_events(seed=5)
         half = len(evs) // 2
