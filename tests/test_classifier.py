@@ -14,7 +14,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.classify.classifier import Classifier
+from models.classify.classifier import (
+    CLASS_ACTIONS,
+    Classifier,
+    _strip_continuations,
+    phase_from_text,
+    smtp_phase,
+)
+from models.classify.classifier import dsn_action as canonical_action
 from models.classify.normalize import normalize_reply, parse_codes
 from models.classify.rulefile import (
     DEFAULT_CLASS,
@@ -487,7 +494,7 @@ _REF_VARIABLE = re.compile(
     r"|(?P<host>\[(?:[a-z0-9_-]+\.)+[a-z0-9_-]+\.[a-z0-9-]*[a-z][a-z0-9-]*\])"
     r"|(?P<time>\d{4}-\d\d-\d\d(?:[t ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?(?:z|[+-]\d\d:?\d\d)?)?"
     r"|\d{1,2}:\d\d:\d\d(?:[.,]\d+)?)"
-    r"|(?P<ip4>\d{1,3}(?:\.\d{1,3}){3})(?![\w])"
+    r"|(?P<ip4>(?!(?<=- )[45]\.)\d{1,3}(?:\.\d{1,3}){3})(?![\w])"
     r"|(?P<ip6>(?:[0-9a-f]{0,4}:){2,7}[0-9a-f]{0,4})(?![\w:])"
     r"|(?P<id>(?=[\w+/=.-]{16})(?=[a-z_+/=.-]*\d)[\w+/=.-]+"
     r"|(?=[a-f]*\d)(?=\d*[a-f])[0-9a-f]{10,}(?![\w])"
@@ -551,19 +558,27 @@ def test_text_keys_fast_path_matches_reference(text: str) -> None:
 def test_indexed_decision_matches_plain_rule_scan(
     row: dict[str, Any], salt: int, prov: str | None
 ) -> None:
-    """The bit-set index, rare-key choice and literal-prefix skip decide like a plain scan."""
+    """The bit-set index, rare-key choice and literal-prefix skip find the rule a plain scan
+    finds (the first matching rule in precedence order), and that rule decides unless the
+    precedence gives the verdict to a specific enhanced code or a context adjustment."""
     c = _SHARED
     text = f"{row['response']} ref{salt} <u{salt}@example.org>"
     got = c.explain(row["smtp_code"], row["enhanced_code"], text, prov, prov)[0]
     norm = normalize_reply(text)
-    low = norm.lower()
     smtp, enh = parse_codes(row["smtp_code"], row["enhanced_code"], norm)
+    low = norm.lower()
+    if smtp is not None and low.find(str(smtp), 3) > 0:  # as _decide does
+        low = _strip_continuations(low, str(smtp), enh)
     plan = c._plan(prov, prov)
-    for r in plan.rules:
-        if r.regex.search(low) is not None and r.codes_ok(smtp, enh):
-            assert got.rule == r.id, (got, r.id, low)
-            return
-    assert not any(got.rule == r.id for r in plan.rules), (got, low)
+    ref = next(
+        (r for r in plan.rules if r.regex.search(low) is not None and r.codes_ok(smtp, enh)), None
+    )
+    assert c._first_match(plan, low, smtp, enh) is ref, low
+    rule_ids = {r.id for r in plan.rules}
+    if got.rule in rule_ids:
+        assert ref is not None and got.rule == ref.id, (got, ref, low)
+    elif ref is not None and ref.providers:
+        raise AssertionError((got, ref.id, low))  # a provider rule always decides
 
 
 def test_literal_prefix() -> None:
@@ -768,3 +783,242 @@ def test_plans_are_shared_by_pairs_naming_the_same_rule_providers() -> None:
     assert c.classify(550, None, text, "other", "mx-op-3") == Classifier().classify(
         550, None, text, "other", "mx-op-3"
     )
+
+
+# ------------------------------------------------------------ precedence (issue 15)
+
+
+@pytest.mark.parametrize(
+    ("smtp", "enh", "text", "prov", "reason", "rule"),
+    [
+        # provider rule > specific code: Yahoo's 5.7.9 means policy, not "mechanism too weak"
+        (554, "5.7.9", "554 5.7.9 Message not accepted for policy reasons.", None,
+         "policyviolation", "yahoo.policy"),
+        # provider rule > specific code: Exchange Online DBEB answers 5.4.1 for a bad recipient
+        (550, "5.4.1", "550 5.4.1 Recipient address rejected: Access denied. AS(201806281)",
+         "microsoft", "userunknown", "microsoft.dbeb_invalid_recipient"),
+        # specific code > generic text ("Recipient address rejected" is every Postfix prefix)
+        (550, "5.7.26", "550 5.7.26 <a@b.c>: Recipient address rejected: Multiple "
+         "authentication checks failed", None, "authfailure", "enh.5.7.26"),
+        (550, "5.1.6", "550 5.1.6 <a@b.c>: Recipient address rejected: Destination mailbox "
+         "has moved, No forwarding address", None, "hasmoved", "enh.5.1.6"),
+        (550, "5.1.2", "550 5.1.2 <a@b.c>: Recipient address rejected: Bad destination system "
+         "address", None, "hostunknown", "generic.hostunknown"),
+        (521, "5.3.2", "521 5.3.2 <a@b.c>: Recipient address rejected: System not accepting "
+         "network messages", None, "notaccept", "generic.notaccept"),
+        # specific code > specific text that does not refine it (X.2.3: per-recipient limit)
+        (552, "5.2.3", "552 5.2.3 Message size exceeds fixed maximum message size (10485760)",
+         None, "exceedlimit", "enh.5.2.3"),
+        # specific text refining a specific code (X.3.2 "excessive load"; X.2.1 mailbox refusal)
+        (452, "4.3.2", "452 4.3.2 Connection rate limit exceeded.", None, "toomanyconn",
+         "generic.too_many_connections"),
+        (550, "5.2.1", "550 5.2.1 <a@b.c>... User Unknown", None, "userunknown",
+         "generic.userunknown"),
+        # a catch-all code (X.7.1: any per-host or per-recipient filtering) never beats text
+        (554, "5.7.1", "554 5.7.1 <a@b.c>: Relay access denied", None, "norelaying",
+         "generic.relay"),
+        # specific text > generic text (refusal words never beat a content verdict)
+        (550, "5.7.1", "550 5.7.1 Message content rejected, UBE, id=00000-22-225", None,
+         "spamdetected", "generic.content_rejected"),
+        (550, None, "550 <a@b.c>: Recipient address rejected: Message length exceeds "
+         "administrative limit", None, "exceedlimit", "generic.exceedlimit"),
+        # generic text > basic code
+        (550, None, "550 Access denied", None, "blocked", "generic.blocked"),
+        # the basic code > an X.0.0 code (which names only the class)
+        (504, "5.0.0", "504 whatever", None, "syntaxerror", "code.504"),
+    ],
+)  # fmt: skip
+def test_precedence_examples(
+    clf: Classifier, smtp: int, enh: str | None, text: str, prov: str | None, reason: str,
+    rule: str,
+) -> None:  # fmt: skip
+    r = clf.classify(smtp, enh, text, prov, prov)
+    assert (r.reason, r.rule) == (reason, rule), r
+
+
+def test_code_table_follows_the_registry() -> None:
+    c = Classifier()
+    # RFC 7505 null MX; the Exchange Online meaning of 5.1.10 comes from its text
+    assert c.classify(550, "5.1.10", "").reason == "notaccept"
+    r = c.classify(550, "5.1.10", "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found")
+    assert r.reason == "userunknown"
+    assert c.classify(550, "5.7.27", "").reason == "rejected"  # sender null MX
+    assert c.classify(550, "5.7.17", "").reason == "hasmoved"  # mailbox owner has changed
+    assert c.codes["5.7.1"].refine is None and not c.codes["5.7.0"].specific
+    assert c.codes["5.1.1"].specific and c.codes["5.1.1"].refine is not None
+
+
+def test_reply_code_in_text_beats_a_different_given_code(clf: Classifier) -> None:
+    # a DSN Status 5.1.1 beside a reply that says 5.2.2 itself
+    r = clf.classify(550, "5.1.1", "552 5.2.2 Over quota")
+    assert r.reason == "mailboxfull"
+    assert clf.classify(550, "5.1.1", "550 5.7.1 IP address blacklisted by recipient").reason == (
+        "blocked"
+    )
+
+
+def test_flattened_multiline_reply(clf: Classifier) -> None:
+    text = (
+        "550-5.7.1 [2001:db8::1 13] Messages with multiple 550-5.7.1 addresses in From: "
+        "header are not accepted. x12si1155795plk.134 - gsmtp"
+    )
+    r = clf.classify(550, "5.7.1", text)
+    assert (r.reason, r.rule) == ("notcompliantrfc", "google.rfc5322")
+    assert _strip_continuations("550-5.7.1 a 550-5.7.1 b 550 5.7.1 c", "550", "5.7.1") == (
+        "550-5.7.1 a b c"
+    )
+
+
+def test_temporary_host_not_found_is_a_dns_failure(clf: Classifier) -> None:
+    r = clf.classify(
+        None, "4.0.0", "DNS Error: lookup responded with code NXDOMAIN Domain name not found"
+    )
+    assert (r.reason, r.cls, r.rule) == ("networkerror", "transient", "temporary.dns")
+    assert clf.classify(550, "5.1.2", "550 5.1.2 Host unknown").reason == "hostunknown"
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("Sorry, I couldn't find a mail exchanger or IP address. (#5.4.4)", "notaccept"),
+        ("DNS type 'mx' lookup of example.org responded with code NOERROR The domain example.org "
+         "doesn't receive email according to the administrator: returned Null MX", "notaccept"),
+        ("550 Host does not accept mail", "notaccept"),
+        ("The recipient name is not recognized The MTS-ID of the original message is: c=jp;a=",
+         "userunknown"),
+        ("The recipient name is not recognized MSEXCH:IMC:S:S:S 3902 Host Unknown", "hostunknown"),
+        ("550 Unroutable sender address", "rejected"),
+        ("550 5.7.1 can't determine Purported Responsible Address", "rejected"),
+        ("421 Service refused, please try later.", "blocked"),
+        ("554 mx.example.com ESMTP not accepting connections", "blocked"),
+        ("Name service error for name=example.org type=MX: Malformed or unexpected name server "
+         "reply", "networkerror"),
+        ("550-REJECTED - Blacklisted URL in message. See http://lookup.uribl.com", "spamdetected"),
+        ("Your email was rejected due to spam classification. Set up SPF records for your "
+         "sending domain", "spamdetected"),
+        ("554 Transaction failed: Duplicate header 'DKIM-Signature'.", "notcompliantrfc"),
+        ("550 Unauthenticated senders not allowed", "securityerror"),
+        ("500 Remote server does not support TLS", "failedstarttls"),
+    ],
+)  # fmt: skip
+def test_coverage_rules(clf: Classifier, text: str, reason: str) -> None:
+    smtp, enh = parse_codes(None, None, text)
+    assert clf.classify(smtp, enh, text).reason == reason
+
+
+# ---------------------------------------------------------------- context (issue 15)
+
+
+def test_phase_and_action_names() -> None:
+    assert smtp_phase("ehlo") == "HELO" and smtp_phase("RCPT TO") == "RCPT"
+    assert smtp_phase("end of data") == "END-OF-DATA" and smtp_phase("bogus") is None
+    assert canonical_action("Failed") == "failed" and canonical_action("nope") is None
+    assert phase_from_text("... (in reply to rcpt to command)") == "RCPT"
+    assert phase_from_text("... (in reply to end of data command)") == "END-OF-DATA"
+    assert phase_from_text("host x[<ip>] refused to talk to me: 421 busy") == "CONNECT"
+    assert phase_from_text("smtp error from remote mail server after mail from:<addr>:") == "MAIL"
+    assert phase_from_text("550 user unknown") is None
+
+
+def test_user_unknown_after_data_is_a_filter(clf: Classifier) -> None:
+    t = "550 Unknown user kijitora@example.jp"
+    assert clf.classify(550, None, t).reason == "userunknown"
+    assert clf.classify(550, None, t, smtp_command="RCPT").reason == "userunknown"
+    r = clf.classify(550, None, t, smtp_command="DATA")
+    assert (r.reason, r.cls, r.rule) == ("filtered", "block", "context.filtered_after_data")
+    # from the text: Postfix names the command
+    t2 = "550 <a@b.c>: User unknown (in reply to end of DATA command)"
+    assert clf.classify(550, None, t2).reason == "filtered"
+    # an explicit X.1.1 still says the mailbox does not exist
+    assert clf.classify(550, "5.1.1", "550 5.1.1 User unknown", smtp_command="DATA").reason == (
+        "userunknown"
+    )
+    # provider rules keep their documented meaning
+    t3 = "554 delivery error: dd This user doesn't have a yahoo.com account"
+    assert clf.classify(554, None, t3, smtp_command="DATA").reason == "userunknown"
+
+
+def test_sender_side_at_mail_from(clf: Classifier) -> None:
+    t = "553 5.1.0 neko.example.com does not exist"
+    assert clf.classify(553, None, t).reason == "hostunknown"
+    assert clf.classify(553, None, t, smtp_command="MAIL").reason == "rejected"
+    r = clf.classify(550, "5.7.1", "550 5.7.1 Access denied", smtp_command="MAIL FROM")
+    assert (r.reason, r.rule) == ("rejected", "context.sender_at_mail")
+
+
+def test_refused_before_mail_is_a_block(clf: Classifier) -> None:
+    t = (
+        "delivery temporarily suspended: connect to mx.example.com[192.0.2.1]: server refused "
+        "to talk to me: 421 Service not available, closing transmission channel"
+    )
+    r = clf.classify(421, "4.0.0", t)
+    assert (r.reason, r.rule) == ("blocked", "context.refused_before_mail")
+    assert clf.classify(421, None, "421 Service not available").reason == "systemerror"
+    assert clf.classify(421, None, "421 Service not available", smtp_command="EHLO").reason == (
+        "blocked"
+    )
+
+
+def test_dsn_action(clf: Classifier) -> None:
+    t = "451 4.4.1 No answer from host"
+    assert clf.classify(451, "4.4.1", t).reason == "networkerror"
+    r = clf.classify(451, "4.4.1", t, dsn_action="expired")
+    assert (r.reason, r.cls, r.rule) == ("expired", "transient", "context.expired")
+    # delayed: expired only when nothing but the codes spoke
+    assert clf.classify(421, None, "Deferred: 421", dsn_action="delayed").reason == "expired"
+    assert clf.classify(451, "4.4.1", t, dsn_action="delayed").reason == "networkerror"
+    # unknown context values are ignored
+    assert clf.classify(451, "4.4.1", t, smtp_command="x", dsn_action="y").reason == (
+        "networkerror"
+    )
+
+
+def test_context_is_part_of_the_cache_key() -> None:
+    c = Classifier()
+    t = "550 Unknown user kijitora@example.jp"
+    assert c.classify(550, None, t).reason == "userunknown"
+    assert c.classify(550, None, t, smtp_command="DATA").reason == "filtered"
+    assert c.classify_normalized(550, None, normalize_reply(t), smtp_command="DATA").reason == (
+        "filtered"
+    )
+    assert c.classify(550, None, t).reason == "userunknown"
+
+
+def test_user_rules_are_not_adjusted_by_context(tmp_path: Path) -> None:
+    p = _write(
+        tmp_path,
+        "u.toml",
+        '[[rule]]\nid = "u.x"\npattern = \'\\bzzq user\'\nreason = "userunknown"\n',
+    )
+    c = Classifier([p])
+    assert c.classify(550, None, "550 zzq user", smtp_command="DATA").rule == "u.x"
+
+
+def test_class_actions_cover_every_class() -> None:
+    assert set(CLASS_ACTIONS) == set(CLASSES)
+    assert all(CLASS_ACTIONS.values())
+
+
+def test_yahoo_internal_code_is_not_an_ip() -> None:
+    t = (
+        "421 4.7.0 [TSS04] Messages from 192.0.2.192 temporarily deferred due to unexpected "
+        "volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes"
+    )
+    n = normalize_reply(t)
+    assert "- 4.16.55.1;" in n and "from <ip> " in n
+    assert normalize_reply("blocked - 203.0.113.9") == "blocked - <ip>"
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ('[[code]]\ncode = "5.1.1"\nreason = "userunknown"\nrefine = ["nope"]\n', "refine must be"),
+        ('[[code]]\ncode = "5.1.1"\nreason = "userunknown"\nrefine = "all"\n', "refine must be"),
+        ('[[rule]]\nid = "x.g"\npattern = "foo"\nreason = "blocked"\ngeneric = 1\n',
+         "generic must be"),
+    ],
+)  # fmt: skip
+def test_refine_and_generic_validation(tmp_path: Path, body: str, needle: str) -> None:
+    p = _write(tmp_path, "user.toml", body)
+    with pytest.raises(RuleError, match=needle):
+        Classifier([p])

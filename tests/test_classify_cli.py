@@ -163,3 +163,84 @@ def test_console_script_subprocess() -> None:
     out = [json.loads(x) for x in p.stdout.decode().splitlines()]
     assert out[0]["class"] == "throttle" and out[0]["rule"] == "yahoo.tss04"
     assert "error" in out[1]
+
+
+def test_multiline_reply_is_one_verdict() -> None:
+    lines = [
+        "550-5.7.26 This mail has been blocked because the sender is",
+        "550-5.7.26 unauthenticated. Gmail requires all senders to authenticate with",
+        "550 5.7.26 either SPF or DKIM. - gsmtp",
+        "550 5.1.1 user unknown",
+    ]
+    code, out, _ = _run("\n".join(lines) + "\n")
+    assert code == 0
+    assert [(o["line"], o.get("last_line")) for o in out] == [(1, 3), (4, None)]
+    assert (out[0]["reason"], out[0]["class"], out[0]["enhanced_code"]) == (
+        "authfailure",
+        "config",
+        "5.7.26",
+    )
+    # the continuation prefixes are dropped, so phrases over line ends stay whole
+    assert "sender is unauthenticated. Gmail" in str(out[0]["evidence"])
+    assert out[1]["reason"] == "userunknown"
+
+
+def test_interrupted_multiline_reply_ends_where_the_next_starts() -> None:
+    lines = [
+        "421-4.7.0 first line of a reply whose last line never comes",
+        "",
+        "450-4.2.0 <a@b.c>: Recipient address rejected: Greylisted,",
+        "550 5.1.1 user unknown",
+        '{"response": "452 4.2.2 mailbox full"}',
+    ]
+    _, out, _ = _run("\n".join(lines) + "\n")
+    assert [o["line"] for o in out] == [1, 3, 4, 5]
+    assert "last_line" not in out[0] and out[1]["reason"] == "greylisting"
+    assert out[2]["reason"] == "userunknown" and out[3]["reason"] == "mailboxfull"
+
+
+def test_action_field_follows_the_class() -> None:
+    from models.classify.classifier import CLASS_ACTIONS
+
+    _, out, _ = _run("550 5.1.1 user unknown\n421 4.7.28 unusual rate of unsolicited mail\n")
+    assert out[0]["action"] == CLASS_ACTIONS["hard"]
+    assert out[1]["class"] == "throttle" and out[1]["action"] == CLASS_ACTIONS["throttle"]
+
+
+def test_context_fields_and_options() -> None:
+    lines = [
+        json.dumps({"response": "550 Unknown user x@y.jp", "smtp_command": "DATA"}),
+        json.dumps({"response": "550 Unknown user x@y.jp", "smtp_command": "rcpt to"}),
+        json.dumps({"response": "451 4.4.1 No answer from host", "dsn_action": "expired"}),
+        "550 <a@b.c>: User unknown (in reply to end of DATA command)",
+        json.dumps({"response": "x", "smtp_command": "BOGUS"}),
+        json.dumps({"response": "x", "dsn_action": "maybe"}),
+    ]
+    _, out, _ = _run("\n".join(lines) + "\n")
+    assert (out[0]["reason"], out[0]["smtp_command"]) == ("filtered", "DATA")
+    assert (out[1]["reason"], out[1]["smtp_command"]) == ("userunknown", "RCPT")
+    assert (out[2]["reason"], out[2]["dsn_action"]) == ("expired", "expired")
+    assert (out[3]["reason"], out[3]["smtp_command"]) == ("filtered", "END-OF-DATA")
+    assert "smtp_command" in str(out[4]["error"]) and "dsn_action" in str(out[5]["error"])
+    # options apply to lines that do not say
+    _, out, _ = _run("550 Unknown user x@y.jp\n", "--smtp-command", "DATA")
+    assert out[0]["reason"] == "filtered"
+    _, out, _ = _run("451 4.4.1 No answer from host\n", "--dsn-action", "expired")
+    assert out[0]["reason"] == "expired"
+    runner = CliRunner()
+    res = runner.invoke(_app(), ["classify", "--smtp-command", "NOPE"], input="550 x\n")
+    assert res.exit_code == 2 and "smtp-command" in res.output
+    res = runner.invoke(_app(), ["classify", "--dsn-action", "NOPE"], input="550 x\n")
+    assert res.exit_code == 2 and "dsn-action" in res.output
+
+
+def test_reply_flattened_into_one_line_stays_alone() -> None:
+    lines = [
+        "550-5.7.1 [192.0.2.1] Our system has detected that this message is 550-5.7.1 likely "
+        "unsolicited mail. 550 5.7.1 https://support.google.com/mail/?p=UnsolicitedMessageError - gsmtp",
+        "550-5.7.26 This mail has been blocked because the sender is",
+        "550 5.7.26 unauthenticated. - gsmtp",
+    ]
+    _, out, _ = _run("\n".join(lines) + "\n")
+    assert [(o["line"], o.get("last_line")) for o in out] == [(1, None), (2, 3)]
+    assert out[0]["reason"] == "spamdetected" and out[1]["reason"] == "authfailure"

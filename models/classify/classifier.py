@@ -5,15 +5,25 @@ optionally the mailbox provider / MX operator (models/ingest/providers.py). Outp
 :class:`Classification` with a sisimai-vocabulary ``reason``, a coarse ``class`` chosen for the
 action the sender should take, and the id of the rule that decided.
 
-Rules are data (``models/classify/rules/*.toml`` plus user files that take precedence). Precedence:
+Rules are data (``models/classify/rules/*.toml`` plus user files that take precedence). The
+most specific evidence decides (docs/classification.md, "Precedence"):
 
 1. user text rules scoped to the given provider/operator, then the other user text rules;
-2. default text rules scoped to the given provider/operator;
-3. default provider rules marked ``global = true`` (their text is unmistakable: "gsmtp",
-   "[TSS04]", "protection.outlook.com", "mimecast" ...), whatever the provider;
-4. default generic text rules;
-5. RFC 3463 enhanced status code (exact ``5.7.26``, then the subject ``5.7``);
-6. basic reply code (exact ``550``, then ``5xx`` / ``4xx``).
+2. provider rules: default text rules scoped to the given provider/operator, then default
+   provider rules marked ``global = true`` (their text is unmistakable: "gsmtp", "[TSS04]",
+   "protection.outlook.com", "mimecast" ...), whatever the provider;
+3. a specific enhanced status code (an exact code-table entry for x.y.z with z != 0, RFC 3463
+   and the IANA registry), unless a specific text rule *refines* it (its reason is listed in
+   the entry's ``refine``) or the entry is a catch-all (``refine = "*"``, e.g. X.7.1);
+4. specific text rules (the default rules without provider);
+5. generic text rules (``generic = true``: "rejected", "access denied", "Recipient address
+   rejected", RFC 5321's stock texts);
+6. the other enhanced status codes (x.y.0, subject ``5.7``), then the basic reply code (exact
+   ``550``, then ``5xx`` / ``4xx``).
+
+Optional context then adjusts a verdict as sisimai does (never one of a user rule): the SMTP
+phase (``smtp_command``, or "in reply to RCPT TO command" in the text) and the DSN Action
+(``dsn_action``); see :meth:`Classifier._context`.
 
 Within one tier the first rule in file order wins. Text matching runs on the normalised,
 lower-cased reply. To reach tens of thousands of unique replies per second without one regex pass
@@ -35,7 +45,14 @@ from operator import or_
 from pathlib import Path
 from typing import Final
 
-from models.classify.normalize import normalize_reply, parse_codes
+from models.classify.context import (
+    DSN_ACTIONS,
+    SMTP_PHASES,
+    dsn_action,
+    phase_from_text,
+    smtp_phase,
+)
+from models.classify.normalize import leading_enhanced_code, normalize_reply, parse_codes
 from models.classify.rulefile import (
     _ASCII_WORDS,
     _FIRST4,
@@ -51,15 +68,37 @@ from models.classify.rulefile import (
 from models.schema import CLASS_CODE, REASON_CODE
 
 __all__ = [
+    "CLASS_ACTIONS",
     "DEFAULT_CLASS",
+    "DSN_ACTIONS",
+    "SMTP_PHASES",
     "Classification",
     "Classifier",
     "Rule",
     "RuleError",
+    "dsn_action",
     "load_rule_file",
     "normalize_reply",
     "parse_codes",
+    "phase_from_text",
+    "smtp_phase",
 ]
+
+
+_smtp_phase = smtp_phase  # the classify() keyword arguments shadow the public names
+_dsn_action = dsn_action
+
+#: What the sender should do, per class (docs/classification.md, "Classes"); ``repmon classify``
+#: reports it as ``action``.
+CLASS_ACTIONS: Final[dict[str, str]] = {
+    "hard": "suppress the recipient address",
+    "soft": "retry later; suppress the address after repeated soft bounces over days",
+    "block": "stop or slow this stream to this receiver and fix the cause",
+    "throttle": "reduce rate and connections to this receiver, back off and retry",
+    "transient": "retry later; no reputation signal",
+    "config": "fix DNS / MTA configuration and pause the affected stream until fixed",
+    "other": "nothing automatic; look at the evidence",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +213,8 @@ class _Plan:
         return reduce(or_, map(kv.__getitem__, kv.keys() & _text_keys(low)), self.start)
 
 
-_Key = tuple[int | None, str | None, str, str | None, str | None]
+#: (smtp code, enhanced code, text, provider, operator, SMTP phase, DSN action)
+_Key = tuple[int | None, str | None, str, str | None, str | None, str | None, str | None]
 
 
 class Classifier:
@@ -231,16 +271,33 @@ class Classifier:
         text: str,
         provider: str | None = None,
         operator: str | None = None,
+        *,
+        smtp_command: str | None = None,
+        dsn_action: str | None = None,
     ) -> Classification:
+        """Classify one reply.
+
+        ``smtp_command`` is the SMTP phase the reply answered (CONNECT, HELO/EHLO, MAIL, RCPT,
+        DATA, END-OF-DATA; :func:`smtp_phase` names the aliases; unknown values are ignored)
+        and ``dsn_action`` the DSN Action (failed, delayed, expired ...): optional context, see
+        docs/classification.md.
+        """
+        cmd = _smtp_phase(smtp_command) if smtp_command else None
+        act = _dsn_action(dsn_action) if dsn_action else None
         if self.cache_size <= 0:
-            return self._decide(smtp_code, enhanced_code, normalize_reply(text), provider, operator)
-        key = (smtp_code, enhanced_code, text, provider, operator)
+            return self._decide(
+                smtp_code, enhanced_code, normalize_reply(text), provider, operator, cmd, act
+            )
+        key = (smtp_code, enhanced_code, text, provider, operator, cmd, act)
         hit = self._raw_cache.get(key)
         if hit is not None:
             return hit
-        res = self.classify_normalized(
-            smtp_code, enhanced_code, normalize_reply(text), provider, operator
-        )
+        norm = normalize_reply(text)
+        nkey = (smtp_code, enhanced_code, norm, provider, operator, cmd, act)
+        res = self._cache.get(nkey)
+        if res is None:
+            res = self._decide(smtp_code, enhanced_code, norm, provider, operator, cmd, act)
+            self._store(self._cache, nkey, res)
         self._store(self._raw_cache, key, res)
         return res
 
@@ -251,18 +308,23 @@ class Classifier:
         norm: str,
         provider: str | None = None,
         operator: str | None = None,
+        *,
+        smtp_command: str | None = None,
+        dsn_action: str | None = None,
     ) -> Classification:
         """Classify a reply already passed through :func:`normalize_reply`.
 
         For callers that keep the normalised text anyway (the ingest pipeline stores it as
         incident evidence), so the reply is normalised once.
         """
+        cmd = _smtp_phase(smtp_command) if smtp_command else None
+        act = _dsn_action(dsn_action) if dsn_action else None
         if self.cache_size <= 0:
-            return self._decide(smtp_code, enhanced_code, norm, provider, operator)
-        nkey = (smtp_code, enhanced_code, norm, provider, operator)
+            return self._decide(smtp_code, enhanced_code, norm, provider, operator, cmd, act)
+        nkey = (smtp_code, enhanced_code, norm, provider, operator, cmd, act)
         res = self._cache.get(nkey)
         if res is None:
-            res = self._decide(smtp_code, enhanced_code, norm, provider, operator)
+            res = self._decide(smtp_code, enhanced_code, norm, provider, operator, cmd, act)
             self._store(self._cache, nkey, res)
         return res
 
@@ -273,10 +335,15 @@ class Classifier:
         text: str,
         provider: str | None = None,
         operator: str | None = None,
+        *,
+        smtp_command: str | None = None,
+        dsn_action: str | None = None,
     ) -> tuple[Classification, str]:
         """Classification plus the normalised evidence string (no cache)."""
         norm = normalize_reply(text)
-        return self._decide(smtp_code, enhanced_code, norm, provider, operator), norm
+        cmd = _smtp_phase(smtp_command)
+        act = _dsn_action(dsn_action)
+        return self._decide(smtp_code, enhanced_code, norm, provider, operator, cmd, act), norm
 
     def cache_info(self) -> dict[str, int]:
         return {"normalised": len(self._cache), "raw": len(self._raw_cache)}
@@ -325,7 +392,8 @@ class Classifier:
         ordered += [r for r in u if not r.providers or (r.is_global and not r.providers & scope)]
         ordered += [r for r in d if r.providers and r.providers & scope]
         ordered += [r for r in d if r.providers and r.is_global and not r.providers & scope]
-        ordered += [r for r in d if not r.providers]
+        ordered += [r for r in d if not r.providers and not r.generic]
+        ordered += [r for r in d if not r.providers and r.generic]
         # index each alternative under the key it needs that the fewest alternatives need
         # (a rare word: "spamhaus" rather than "mess"): any key of ``need`` is sound, since an
         # alternative is tried only when all of ``need`` is in the text; a rarer one offers
@@ -387,8 +455,16 @@ class Classifier:
         norm: str,
         provider: str | None,
         operator: str | None,
+        phase: str | None = None,
+        action: str | None = None,
     ) -> Classification:
         smtp, enh = parse_codes(smtp_code, enhanced_code, norm)
+        if enh is not None and enhanced_code is not None and norm[4 : 4 + len(enh)] != enh:
+            # the reply's own leading code is what the receiver said; a different code given
+            # beside it (a DSN Status written by the reporting MTA) only summarises it
+            own = leading_enhanced_code(norm)
+            if own is not None:
+                enh = own
         if smtp is not None:
             temp = 400 <= smtp < 500
         elif enh is not None:
@@ -396,7 +472,49 @@ class Classifier:
         else:
             temp = False
         low = norm.lower()
-        plan = self._plan(provider, operator)
+        if smtp is not None and low.find(str(smtp), 3) > 0:
+            low = _strip_continuations(low, str(smtp), enh)
+        if phase is None:
+            phase = phase_from_text(low)
+        found = self._first_match(self._plan(provider, operator), low, smtp, enh)
+        codes = self.codes
+        exact = codes.get(enh) if enh is not None else None
+        tier = _TIER_DEFAULT
+        if found is not None and (found.user or found.providers):
+            res = self._result(found.reason, found.temp_cls if temp else found.cls, found.id)
+            if found.user:
+                return res
+            tier = _TIER_PROVIDER
+        elif (
+            exact is not None
+            and exact.specific
+            and exact.refine is not None
+            and (
+                found is None
+                or (
+                    found.reason != exact.reason
+                    and (found.generic or found.reason not in exact.refine)
+                )
+            )
+        ):
+            res = self._result(exact.reason, exact.cls, exact.id)
+            tier = _TIER_CODE
+        elif found is not None:
+            res = self._result(found.reason, found.temp_cls if temp else found.cls, found.id)
+            tier = _TIER_GENERIC if found.generic else _TIER_TEXT
+        else:
+            res = self._code_result(smtp, enh, exact, temp)
+        if temp and res.reason == "hostunknown" and tier != _TIER_PROVIDER:
+            # RFC 3463: X.1.2 (bad destination system) "is only useful for permanent
+            # failures"; a temporary "host not found" is a DNS failure that may clear
+            res = self._result("networkerror", DEFAULT_CLASS["networkerror"][1], "temporary.dns")
+        if phase is None and action is None:
+            return res
+        return self._context(res, tier, temp, enh, phase, action)
+
+    def _first_match(self, plan: _Plan, low: str, smtp: int | None, enh: str | None) -> Rule | None:
+        """The first text rule of ``plan`` (precedence order) that matches ``low`` and accepts
+        the codes, found through the word index (see :class:`_Plan`)."""
         # candidates above bit ``nkeys``, keys present below (see _Plan)
         keys = plan.packed(low)
         cand = keys >> plan.nkeys
@@ -421,11 +539,18 @@ class Classifier:
             elif rx.search(low) is None:
                 continue
             if r.codes_ok(smtp, enh):
-                return self._result(r.reason, r.temp_cls if temp else r.cls, r.id)
+                return r
             skip = r
+        return None
+
+    def _code_result(
+        self, smtp: int | None, enh: str | None, exact: _CodeRule | None, temp: bool
+    ) -> Classification:
+        """The verdict of the code tables alone (tier 6)."""
         codes = self.codes
-        if enh is not None:
-            cr = codes.get(enh) or codes.get(enh[: enh.rindex(".")])
+        if enh is not None and (smtp is None or enh[2:4] != "0."):
+            # an X.0.x code names only the class: a basic code says more
+            cr = exact or codes.get(enh[: enh.rindex(".")])
             if cr is not None:
                 return self._result(cr.reason, cr.cls, cr.id)
         if smtp is not None:
@@ -436,3 +561,85 @@ class Classifier:
         if temp:
             return self._result("undefined", "transient", "default.temporary")
         return self._result("undefined", "other", "default.undefined")
+
+    def _context(
+        self,
+        res: Classification,
+        tier: int,
+        temp: bool,
+        enh: str | None,
+        phase: str | None,
+        action: str | None,
+    ) -> Classification:
+        """Adjust a verdict with the SMTP phase and the DSN Action (docs/classification.md).
+
+        Provider rules keep their verdict (the provider documents what its text means); the
+        other tiers are adjusted as sisimai does:
+
+        * Action ``expired``: the message was given up after its queue lifetime -> expired.
+        * A "user unknown" answering DATA or the end of DATA -> filtered: the recipient was
+          accepted at RCPT TO, so the refusal comes from a filter reading the message; not when
+          the enhanced code is X.1.1 (the receiver says the mailbox does not exist).
+        * userunknown, hostunknown or hasmoved answering MAIL FROM, where the only address is
+          the sender's, and a bare refusal word ("Access denied", generic.blocked) there ->
+          rejected (the sender was refused).
+        * Weak evidence only at CONNECT or HELO/EHLO -> blocked (the client itself is refused,
+          before any sender or recipient); with Action ``delayed`` and no text rule at all ->
+          expired (the message is still queued after temporary failures).
+        """
+        reason = res.reason
+        new = ""
+        if action == "expired":
+            new = "expired"
+        elif tier == _TIER_PROVIDER:
+            pass
+        elif reason == "userunknown" and phase in _AFTER_DATA:
+            if enh is None or enh[2:] != "1.1":
+                new = "filtered"
+        elif phase == "MAIL" and (
+            reason in _SENDER_AT_MAIL or (reason == "blocked" and tier == _TIER_GENERIC)
+        ):
+            new = "rejected"
+        elif tier >= _TIER_GENERIC:
+            if phase in _BEFORE_MAIL:
+                new = "blocked"
+            elif action == "delayed" and tier == _TIER_DEFAULT:
+                new = "expired"
+        if not new or new == reason:
+            return res
+        return self._result(new, DEFAULT_CLASS[new][1 if temp else 0], _CONTEXT_RULE[new])
+
+
+#: which evidence decided (docs/classification.md, "Precedence"); larger is weaker
+_TIER_PROVIDER: Final = 1
+_TIER_CODE: Final = 2
+_TIER_TEXT: Final = 3
+_TIER_GENERIC: Final = 4
+_TIER_DEFAULT: Final = 5
+_AFTER_DATA: Final = frozenset({"DATA", "END-OF-DATA"})
+_BEFORE_MAIL: Final = frozenset({"CONNECT", "HELO"})
+_SENDER_AT_MAIL: Final = frozenset({"userunknown", "hostunknown", "hasmoved"})
+_CONTEXT_RULE: Final = {
+    "expired": "context.expired",
+    "filtered": "context.filtered_after_data",
+    "rejected": "context.sender_at_mail",
+    "blocked": "context.refused_before_mail",
+}
+assert set(CLASS_ACTIONS) == set(CLASS_CODE)
+
+
+@lru_cache(maxsize=4096)
+def _continuation_re(code: str, enh: str | None) -> re.Pattern[str]:
+    e = re.escape(enh) if enh else r"[245]\.\d{1,3}\.\d{1,3}"
+    return re.compile(rf"(?<=\s){code}(?:-(?:{e}\s?)?|\s{e}\s)")
+
+
+def _strip_continuations(low: str, code: str, enh: str | None) -> str:
+    """Drop the code prefixes of continuation lines flattened into one line.
+
+    ``550-5.7.1 [ip] Messages with multiple 550-5.7.1 addresses in From: header ...``: a
+    multi-line reply (RFC 5321 section 4.2.1) joined by a log or a DSN repeats ``550-5.7.1 `` at
+    every line start, which would split the phrases of the text. The leading code stays.
+    """
+    head = low[:3]
+    return head + _continuation_re(code, enh).sub("", low[3:])

@@ -25,13 +25,17 @@ _AZ: Final = "a-zA-Z\u0130\u0131\u017f\u212a"
 #: matches with the unguarded pattern on generated replies. The pattern is case-insensitive
 #: without re.IGNORECASE (which makes the engine case-fold every character it compares):
 #: its letters are spelled in both cases, ``[a-z]`` as :data:`_AZ`.
+#: An IPv4-like token right after "- " that starts with 4. or 5. is not an ip4: Yahoo appends
+#: its internal status code that way ("... user complaints - 4.16.55.1; see
+#: https://postmaster.yahooinc.com/error-codes"); masking it would make it look like the
+#: sending IP the same reply names.
 _RE_VARIABLE: Final = re.compile(
     r"(?<![^\s<>()\[\]{}\"',;=&?/:|])(?=[^\s\d@\[:]*+[\d@\[:])(?:"
     r"(?P<addr><?[^\s<>()\[\]{}\"',;:@]*+@[^\s<>()\[\]{}\"',;:]*>?)"
     rf"|(?P<host>\[(?:[{_AZ}0-9_-]+\.)+[{_AZ}0-9_-]+\.[{_AZ}0-9-]*[{_AZ}][{_AZ}0-9-]*\])"
     r"|(?P<time>\d{4}-\d\d-\d\d(?:[tT ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?(?:[zZ]|[+-]\d\d:?\d\d)?)?"
     r"|\d{1,2}:\d\d:\d\d(?:[.,]\d+)?)"
-    r"|(?P<ip4>\d{1,3}(?:\.\d{1,3}){3})(?![\w])"
+    r"|(?P<ip4>(?!(?<=- )[45]\.)\d{1,3}(?:\.\d{1,3}){3})(?![\w])"
     r"|(?P<ip6>(?:[0-9a-fA-F]{0,4}:){2,7}[0-9a-fA-F]{0,4})(?![\w:])"
     rf"|(?P<id>(?=[\w+/=.-]{{16}})(?=[{_AZ}_+/=.-]*\d)[\w+/=.-]+"
     r"|(?=[a-fA-F]*\d)(?=\d*[a-fA-F])[0-9a-fA-F]{10,}(?![\w])"
@@ -167,6 +171,18 @@ _RE_LEAD_CODE: Final = re.compile(r"^\s*([245]\d\d)(?:[\s-]|$)")
 #: starts with a character class, so the engine skips to the next 2, 4 or 5 in C.
 _RE_ENH_IN_TEXT: Final = re.compile(r"([245](?<![\d.].)\.\d{1,3}\.\d{1,3})(?![\d]|\.\d)")
 _RE_ENH_VALID: Final = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
+
+
+#: a reply's own codes at its start: ``550 5.7.1 ...``, ``550-5.7.1 ...``, ``550 550 5.7.1 ...``
+_RE_LEADING_ENH: Final = re.compile(
+    r"\s*(?:[245]\d\d[\s-]+){0,2}([245]\.\d{1,3}\.\d{1,3})(?!\d|\.\d)"
+)
+
+
+def leading_enhanced_code(text: str) -> str | None:
+    """The enhanced status code a reply starts with (after its basic code), or None."""
+    m = _RE_LEADING_ENH.match(text)
+    return m.group(1) if m else None
 
 
 def parse_codes(

@@ -67,9 +67,20 @@ assert set(DEFAULT_CLASS) == set(REASONS)
 _RE_ID: Final = re.compile(r"^[A-Za-z0-9_.:-]+$")
 _RE_WORD: Final = re.compile(r"\w+")
 _RULE_KEYS: Final = frozenset(
-    {"id", "pattern", "reason", "class", "temp_class", "provider", "global", "codes", "source"}
+    {
+        "id",
+        "pattern",
+        "reason",
+        "class",
+        "temp_class",
+        "provider",
+        "global",
+        "codes",
+        "source",
+        "generic",
+    }
 )
-_CODE_KEYS: Final = frozenset({"code", "reason", "class", "temp_class", "source"})
+_CODE_KEYS: Final = frozenset({"code", "reason", "class", "temp_class", "source", "refine"})
 _RE_CODE_KEY: Final = re.compile(r"^(?:[245X]\.\d{1,3}(?:\.\d{1,3})?|[245]\d\d|[245]xx)$")
 
 
@@ -87,6 +98,9 @@ class Rule:
     codes: tuple[str, ...] = ()
     source: str = ""
     user: bool = False
+    #: a generic wording ("rejected", "access denied", "Recipient address rejected"): below
+    #: specific text and below a specific enhanced code (docs/classification.md, Precedence)
+    generic: bool = False
     regex: re.Pattern[str] = field(default=re.compile(""), compare=False, repr=False)
     #: top-level alternatives, each compiled alone with its index key (None: no key)
     branches: tuple[tuple[re.Pattern[str], str | None, frozenset[str]], ...] = field(
@@ -114,6 +128,10 @@ class _CodeRule:
     id: str
     reason: str
     cls: str
+    #: an exact x.y.z entry with z != 0: a specific code (tier 3 of the precedence)
+    specific: bool = False
+    #: reasons of specific text rules that may refine this code (None: every reason)
+    refine: frozenset[str] | None = frozenset()
 
 
 def _split_top(pattern: str) -> list[str]:
@@ -385,6 +403,9 @@ def _parse_rule(raw: Any, src: str, n: int, user: bool) -> Rule:
     source = raw.get("source", "")
     if not isinstance(source, str):
         raise RuleError(f"{where}: source must be a string")
+    generic = raw.get("generic", False)
+    if not isinstance(generic, bool):
+        raise RuleError(f"{where}: generic must be true or false")
     return Rule(
         id=rid,
         pattern=pattern,
@@ -396,6 +417,7 @@ def _parse_rule(raw: Any, src: str, n: int, user: bool) -> Rule:
         codes=tuple(str(c) for c in codes),
         source=source,
         user=user,
+        generic=generic,
         regex=regex,
         branches=_branches_of(pattern),
     )
@@ -428,12 +450,24 @@ def _parse_code(raw: Any, src: str, n: int) -> list[tuple[str, _CodeRule]]:
         if "temp_class" in raw
         else temp_default
     )
+    refine: frozenset[str] | None = frozenset()
+    if "refine" in raw:
+        rv = raw["refine"]
+        if rv == "*":
+            refine = None
+        elif isinstance(rv, list) and all(isinstance(x, str) and x in REASON_CODE for x in rv):
+            refine = frozenset(rv)
+        else:
+            raise RuleError(f"{where}: refine must be '*' or a list of reasons (got {rv!r})")
+    # x.y.z with z != 0 is a specific code (RFC 3463: the detail names one condition); x.y.0,
+    # subjects ("5.7") and basic codes are not
+    specific = key.count(".") == 2 and not key.endswith(".0")
     out: list[tuple[str, _CodeRule]] = []
     keys = [key.replace("X", "4", 1), key.replace("X", "5", 1)] if key[0] == "X" else [key]
     for k in keys:
         temp = k[0] == "4"
         prefix = "code." if "." not in k else "enh."
-        out.append((k, _CodeRule(prefix + k, reason, temp_cls if temp else cls)))
+        out.append((k, _CodeRule(prefix + k, reason, temp_cls if temp else cls, specific, refine)))
     return out
 
 
