@@ -100,10 +100,18 @@ def worker_series() -> dict[str, Series]:
             wrappers.append(v)
         elif isinstance(v, dict):
             wrappers.extend(x for x in v.values() if isinstance(x, MetricWrapperBase))
-    families = {f.name: f.type for f in m.registry.collect()}
-    # the attribute walk found every family of the registry (else a metric would be missed)
-    assert {w._name for w in wrappers} == set(families)
+    collected = list(m.registry.collect())
+    families = {f.name: f.type for f in collected}
+    # the attribute walk found every repmon family of the registry (else a metric would be
+    # missed); the rest come from the process, platform and GC collectors
+    assert {w._name for w in wrappers} == {n for n in families if n.startswith("repmon_")}
     out: dict[str, Series] = {}
+    for f in collected:
+        if f.name.startswith("repmon_"):
+            continue
+        for smp in f.samples:
+            kind = "counter" if smp.name.endswith("_total") else "gauge"
+            out[smp.name] = Series(f.name, frozenset(smp.labels), kind)
     for w in wrappers:
         labels = frozenset(w._labelnames)
         name, typ = w._name, families[w._name]

@@ -257,7 +257,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
     state = WorkerState(
         settings=settings,
         classifier=Classifier(settings.rule_files),
-        metrics=Metrics(),
+        metrics=Metrics(settings.metrics_top_scopes, settings.metrics_max_incidents),
         rollup_partitions=settings.rollup_partitions,
     )
     dlq_topic = app.topic(settings.topic_dlq, value_type=bytes, value_serializer="raw")
@@ -875,6 +875,8 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
     async def metrics_view(web: Any, request: Any) -> Any:
         # aiohttp takes the charset separately from the content type
         ctype = CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
+        # at scrape time, not in the tick: a worker whose ticks stopped must not stay "ready"
+        m.ready.set(0 if state.readiness_problems() else 1)
         return web.bytes(generate_latest(m.registry), content_type=ctype)
 
     @app.page("/livez")

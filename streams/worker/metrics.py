@@ -2,8 +2,13 @@
 
 Label sets are bounded: ``kind`` and ``outcome`` come from models.schema, ``reason`` from the
 rejection reasons, ``provider`` from the provider table (plus "other"), ``type`` from the incident
-vocabulary. No domain, address, IP or campaign is ever a label: those live in /status.
+vocabulary. Scope names appear only where the number of series is capped by configuration: the
+sending IPs and pools with the most traffic (``REPMON_METRICS_TOP_SCOPES``) and the open incidents
+(``REPMON_METRICS_MAX_INCIDENTS``, the rest as ``scope="other"``). No recipient address or
+recipient domain is ever a label: those live in /status.
 Counters are advanced once per tick from the pipelines' cumulative statistics, not per event.
+The process (CPU, memory, file descriptors), platform and GC collectors are on; the ``_created``
+series of counters are off (they doubled the series count and nobody graphs them).
 """
 
 from __future__ import annotations
@@ -12,12 +17,23 @@ import time
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 
 from models.ingest.pipeline import REJECTION_REASONS, Pipeline
 from models.ingest.providers import OTHER, default_table
 from models.schema import COL, EVENT_KINDS
 from models.state.deltas import Deltas
+
+disable_created_metrics()
 
 #: outcome columns exported per provider
 PROVIDER_OUTCOMES = (
@@ -76,9 +92,31 @@ MONITOR_GAUGES: dict[str, tuple[str, str]] = {
 }
 
 
+#: scope kinds with per-scope rate series (the sender's own, a small known set)
+SCOPE_SERIES_KINDS = ("ip", "pool")
+
+
+def incident_labels(scope: str) -> tuple[str, str]:
+    """(scope_kind, provider) of an incident's scope: ``ip:X|provider:P`` -> (``ip|provider``,
+    ``P``); ``provider:P`` -> (``provider``, ``P``); a scope without a provider -> provider
+    ``any`` (the incident is about every provider)."""
+    single, bar, prov = scope.partition("|")
+    kind = single.partition(":")[0]
+    if bar:
+        return f"{kind}|{prov.partition(':')[0]}", prov.partition(":")[2]
+    if kind == "provider":
+        return kind, single.partition(":")[2]
+    return kind, "any"
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, top_scopes: int = 20, max_incidents: int = 50) -> None:
         r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        r.register(GC_COLLECTOR)
+        self.top_scopes = top_scopes
+        self.max_incidents = max_incidents
         self.providers = frozenset(default_table().providers) | {OTHER}
         self.events = Counter(
             "repmon_events_total", "Accepted canonical events by kind.", ["kind"], registry=r
@@ -208,6 +246,40 @@ class Metrics:
         self.incidents_opened = Counter(
             "repmon_incidents_opened_total", "Incidents opened, by type.", ["type"], registry=r
         )
+        self.incident_info = Gauge(
+            "repmon_incident_open_info",
+            "One series per open incident (1), with the scope to act on: type, severity, "
+            "scope_kind, provider (any: all providers) and scope. Capped at "
+            'REPMON_METRICS_MAX_INCIDENTS; the rest count in one scope="other" series.',
+            ["type", "severity", "scope_kind", "provider", "scope"],
+            registry=r,
+        )
+        self.incident_rate = Gauge(
+            "repmon_incident_rate_ratio",
+            "An open incident's signal rate at opening (rate) and its baseline (baseline), 0..1; "
+            "same labels as repmon_incident_open_info.",
+            ["type", "severity", "scope_kind", "provider", "scope", "value"],
+            registry=r,
+        )
+        self.scope_rate = Gauge(
+            "repmon_scope_rate_ratio",
+            "Rolling 15-minute rates of the sending IPs and pools with the most traffic in the "
+            "last hour (REPMON_METRICS_TOP_SCOPES per kind), 0..1.",
+            ["kind", "scope", "rate"],
+            registry=r,
+        )
+        self.scope_volume = Gauge(
+            "repmon_scope_attempts_15m",
+            "Delivery attempts in the rolling 15-minute window of the IPs and pools of "
+            "repmon_scope_rate_ratio.",
+            ["kind", "scope"],
+            registry=r,
+        )
+        self.ready = Gauge(
+            "repmon_ready",
+            "1 when /readyz answers 200 (assigned, restored, ticking, lag not growing), else 0.",
+            registry=r,
+        )
         #: gauges that mirror Monitor.metrics() values, one line each
         self.monitor_gauges = {
             key: Gauge(name, doc, registry=r) for key, (name, doc) in MONITOR_GAUGES.items()
@@ -275,16 +347,58 @@ class Metrics:
         for typ, by_sev in mm.get("incidents_open_by_severity", {}).items():
             for sev, n in by_sev.items():
                 self.incidents_open.labels(typ, sev).set(n)
-        rows = monitor.status(top=len(self.providers)).get("scopes", {}).get("provider", [])
-        for row in rows:
+        status = monitor.status(top=max(len(self.providers), self.top_scopes))
+        scopes = status.get("scopes", {})
+        # the series of what this worker holds now, and nothing else: a provider or an IP whose
+        # rollup partition moved to another worker must not keep its last value here
+        self.provider_rate.clear()
+        self.provider_volume.clear()
+        for row in scopes.get("provider", []):
             label = self.provider_label(str(row.get("scope", "")).partition(":")[2])
             m15 = row.get("m15", {})
-            rates = m15.get("rates", {})
-            for rate in PROVIDER_RATES:
-                v = rates.get(rate)
-                if v is not None and np.isfinite(v):
-                    self.provider_rate.labels(label, rate).set(float(v))
+            self._rates(self.provider_rate, (label,), m15.get("rates", {}))
             self.provider_volume.labels(label).set(float(m15.get("counts", {}).get("attempts", 0)))
+        self.scope_rate.clear()
+        self.scope_volume.clear()
+        for kind in SCOPE_SERIES_KINDS:
+            for row in scopes.get(kind, [])[: self.top_scopes]:
+                name = str(row.get("scope", "")).partition(":")[2]
+                m15 = row.get("m15", {})
+                self._rates(self.scope_rate, (kind, name), m15.get("rates", {}))
+                attempts = float(m15.get("counts", {}).get("attempts", 0))
+                self.scope_volume.labels(kind, name).set(attempts)
+        self.observe_incidents(status.get("open_incidents", []))
+
+    def _rates(self, gauge: Gauge, labels: tuple[str, ...], rates: dict[str, Any]) -> None:
+        for rate in PROVIDER_RATES:
+            v = rates.get(rate)
+            if v is not None and np.isfinite(v):
+                gauge.labels(*labels, rate).set(float(v))
+
+    def observe_incidents(self, incidents: list[dict[str, Any]]) -> None:
+        """One info series per open incident (the most severe and newest first), capped."""
+        self.incident_info.clear()
+        self.incident_rate.clear()
+        ordered = sorted(
+            incidents,
+            key=lambda i: (i.get("severity") != "critical", -float(i.get("opened_at", 0.0))),
+        )
+        other: dict[tuple[str, str], int] = {}
+        for k, inc in enumerate(ordered):
+            typ, sev = str(inc.get("type")), str(inc.get("severity"))
+            if k >= self.max_incidents:
+                other[(typ, sev)] = other.get((typ, sev), 0) + 1
+                continue
+            scope = str(inc.get("scope"))
+            kind, prov = incident_labels(scope)
+            labels = (typ, sev, kind, prov, scope)
+            self.incident_info.labels(*labels).set(1)
+            ev = inc.get("evidence", {})
+            for value in ("rate", "baseline"):
+                if isinstance(ev.get(value), int | float):
+                    self.incident_rate.labels(*labels, value).set(float(ev[value]))
+        for (typ, sev), n in other.items():
+            self.incident_info.labels(typ, sev, "other", "other", "other").set(n)
 
     def snapshot_written(self, kind: str, size: int, seconds: float) -> None:
         self.snapshots.labels(kind).inc()

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     session_timeout_s: float = Field(default=10.0, ge=1.0, le=300.0)
     #: not ready when the input lag grew in each of this many consecutive ticks (0: never)
     ready_lag_ticks: int = Field(default=30, ge=0, le=64 - 1)
+    #: per-scope rate series for this many sending IPs and pools (the most traffic in the last
+    #: hour, per kind); set it to the size of the fleet to have every IP and pool
+    metrics_top_scopes: int = Field(default=20, ge=0, le=1000)
+    #: open incidents exported one series each (with their scope); the rest as scope="other"
+    metrics_max_incidents: int = Field(default=50, ge=1, le=1000)
     #: an input partition whose reader is caught up and has read nothing for this long stops
     #: holding the event-time watermark back (an empty or quiet partition)
     source_idle_s: float = Field(default=30.0, gt=0.0)
