@@ -158,10 +158,12 @@ def read_incidents_until(
     done: Callable[[list[dict[str, Any]]], bool],
     what: str,
     timeout_s: float = 120.0,
+    topic: str = "incidents",
 ) -> list[dict[str, Any]]:
-    """Read the incidents topic from the start until ``done(records so far)``."""
+    """Read the incidents topic (or another of the worker's ``topics``) from the start until
+    ``done(records so far)``."""
     consumer = KafkaConsumer(
-        worker.topics["incidents"],
+        worker.topics[topic],
         bootstrap_servers=bootstrap,
         auto_offset_reset="earliest",
         consumer_timeout_ms=1000,

@@ -49,6 +49,8 @@ class Incident:
     explained_by: str | None = None
     #: current excess count of the signal over the baseline (updated while open)
     excess: float = 0.0
+    #: the signal's rate at the last detector run (updated while open; the throttle reads it)
+    rate: float = 0.0
 
     @property
     def is_open(self) -> bool:

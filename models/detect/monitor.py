@@ -28,6 +28,7 @@ type on another scope kind: it is listed in ``related_scopes`` of the first.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -132,7 +133,12 @@ class Monitor:
         return pr
 
     # ------------------------------------------------------------------------------ detect
-    def advance_through(self, watermark: float, step_s: float) -> list[IncidentChange]:
+    def advance_through(
+        self,
+        watermark: float,
+        step_s: float,
+        on_run: Callable[[float, list[IncidentChange]], None] | None = None,
+    ) -> list[IncidentChange]:
         """Run the detectors at every multiple of ``step_s`` of event time up to ``watermark``,
         then move the clock (not the detectors) on to ``watermark``.
 
@@ -140,7 +146,8 @@ class Monitor:
         there: a watermark that jumps (a backlog read in seconds, a partition that catches up)
         is detected step by step, and the live worker, whose ticks fall at any time, opens and
         closes the same incidents at the same event times as a replay of the same events. The
-        clock itself follows the watermark, so the counts of ``/status`` are current."""
+        clock itself follows the watermark, so the counts of ``/status`` are current.
+        ``on_run(t, changes)`` is called after each detector run (the throttle steps there)."""
         out: list[IncidentChange] = []
         start = self._detected_at
         if start is None:
@@ -150,8 +157,11 @@ class Monitor:
         if start > 0 and step_s > 0:
             b = (math.floor(start / step_s) + 1) * step_s
             while b <= watermark:
-                out.extend(self.advance(b))
+                run = self.advance(b)
+                out.extend(run)
                 self._detected_at = b
+                if on_run is not None:
+                    on_run(b, run)
                 b += step_s
         self.catch_up(watermark)
         return out
@@ -213,6 +223,7 @@ class Monitor:
                 continue
             pos = int(f.pos_of_row[r])
             inc.excess = float(res.excess[pos])
+            inc.rate = float(res.rate_any[pos])
             if res.hot[pos]:
                 inc.last_hot = f.now
                 inc.peak_rate = max(inc.peak_rate, float(res.rate_any[pos]))

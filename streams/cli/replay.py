@@ -22,6 +22,7 @@ import heapq
 import html
 import io
 import math
+import os
 import sys
 import time
 import zlib
@@ -36,6 +37,9 @@ import numpy as np
 import orjson
 import typer
 
+from models.act.acting import Acting
+from models.act.throttle_config import ThrottleConfigError, load_config
+from models.act.throttle_record import ThrottleRecord
 from models.detect.config import DETECT_EVERY_S
 from models.detect.incidents import IncidentChange
 from models.detect.monitor import Monitor, MonitorConfig
@@ -103,6 +107,25 @@ class ReplayStats:
     opened: Counter[str] = field(default_factory=Counter)
     closed: int = 0
     seconds: float = 0.0
+    throttle_records: int = 0
+    throttles: list[ThrottleRecord] = field(default_factory=list)
+    last_throttle: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+
+def _advance(
+    monitor: Monitor,
+    acting: Acting | None,
+    watermark: float,
+    stats: ReplayStats,
+    changes: list[IncidentChange] | None,
+    out: IO[bytes] | None,
+) -> None:
+    """One detector run (and the throttle's step when ``acting``), its output emitted."""
+    if acting is None:
+        _emit(monitor.advance(watermark), stats, changes, out)
+        return
+    found, records = acting.advance(watermark)
+    _emit(found, stats, changes, out, records)
 
 
 def _emit(
@@ -110,8 +133,13 @@ def _emit(
     stats: ReplayStats,
     changes: list[IncidentChange] | None,
     out: IO[bytes] | None,
+    records: Iterable[ThrottleRecord] = (),
 ) -> None:
-    """Count incident changes, keep them if asked, and write them as JSON lines."""
+    """Count incident changes (then throttle records), keep them if asked, and write them as
+    JSON lines."""
+    for rec in records:
+        stats.throttle_records += 1
+        stats.throttles.append(rec)
     for ch in found:
         if ch.action == "opened":
             stats.opened[ch.incident.type] += 1
@@ -122,6 +150,13 @@ def _emit(
         if out is not None:
             out.write(orjson.dumps(ch.to_json()) + b"\n")
     if out is not None:
+        for rec in records:
+            # changes only: a refresh (the same decision re-sent with a new expiry) is for the
+            # fleet, not for a backtest
+            key = (rec.state, rec.rate_factor, rec.reason, rec.incident)
+            if stats.last_throttle.get(rec.scope) != key:
+                stats.last_throttle[rec.scope] = key
+                out.write(orjson.dumps(rec.to_json()) + b"\n")
         out.flush()
 
 
@@ -254,8 +289,10 @@ def replay_lines(
     out: IO[bytes] | None = None,
     timeline: Timeline | None = None,
     changes: list[IncidentChange] | None = None,
+    acting: Acting | None = None,
 ) -> ReplayStats:
-    """The replay loop (also used by tests and the bench): feed, tick, detect, emit."""
+    """The replay loop (also used by tests and the bench): feed, tick, detect, emit; with
+    ``acting`` (the same Monitor and a throttle controller) the throttle records too."""
     stats = ReplayStats()
     t0 = time.perf_counter()
 
@@ -264,7 +301,7 @@ def replay_lines(
         if timeline is not None:
             timeline.add(d)
         stats.ticks += 1
-        _emit(monitor.advance(d.watermark), stats, changes, out)
+        _advance(monitor, acting, d.watermark, stats, changes, out)
 
     loop = TickLoop(pipeline, tick, tick_s, max_pending)
     loop.run(lines)
@@ -315,6 +352,7 @@ def replay_parallel(
     timeline: Timeline | None = None,
     changes: list[IncidentChange] | None = None,
     max_pending: int = 200_000,
+    acting: Acting | None = None,
 ) -> ReplayStats:
     """Like :func:`replay_lines` with ``jobs`` Pipeline processes, each owning the recipients of
     one shard; their Deltas are additive and are merged per event-time tick into one Monitor."""
@@ -349,7 +387,7 @@ def replay_parallel(
             if timeline is not None:
                 timeline.add(d)
         stats.ticks += 1
-        _emit(monitor.advance(max(d.watermark for d in deltas)), stats, changes, out)
+        _advance(monitor, acting, max(d.watermark for d in deltas), stats, changes, out)
 
     while live:
         msg = q.get()
@@ -530,8 +568,24 @@ def register(app: typer.Typer) -> None:
                 "--jobs", "-j", help="ingest processes (recipient shards); 1 = in-process"
             ),
         ] = 1,
+        throttle: Annotated[
+            bool,
+            typer.Option(
+                "--throttle/--no-throttle",
+                help="also run the throttle policy and print its records (kind=throttle)",
+            ),
+        ] = True,
+        throttle_config: Annotated[
+            Path | None,
+            typer.Option(
+                "--throttle-config",
+                help="throttle policy TOML over the defaults (docs/throttle.md); "
+                "default: $REPMON_THROTTLE_CONFIG",
+            ),
+        ] = None,
     ) -> None:
-        """Replay canonical events through the models; incidents as JSON lines on stdout."""
+        """Replay canonical events through the models; incidents (and throttle decisions) as
+        JSON lines on stdout."""
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
         from rich.table import Table
@@ -541,6 +595,13 @@ def register(app: typer.Typer) -> None:
                 raise typer.BadParameter(f"no such file: {p}")
         err = Console(stderr=True)
         mon = Monitor(MonitorConfig(rolling=RollingConfig(lateness_s=lateness), warmup_s=warmup))
+        acting = None
+        if throttle:
+            cfg_path = throttle_config or os.environ.get("REPMON_THROTTLE_CONFIG") or None
+            try:
+                acting = Acting(mon, config=load_config(cfg_path))
+            except ThrottleConfigError as exc:
+                raise typer.BadParameter(str(exc)) from exc
         pipe = ingest_pipeline()
         timeline = Timeline() if report else None
         changes: list[IncidentChange] = []
@@ -556,19 +617,19 @@ def register(app: typer.Typer) -> None:
             if not quiet:
                 err.print(f"replay: {jobs} ingest processes ...")
             stats = replay_parallel(
-                files, mon, jobs, tick, out=out, timeline=timeline, changes=changes
+                files, mon, jobs, tick, out=out, timeline=timeline, changes=changes, acting=acting
             )
         elif progress is not None:
             with progress:
                 task = progress.add_task("replay", total=total)
                 stats = replay_lines(
                     _lines(files, progress, task), mon, pipe, tick, out=out,
-                    timeline=timeline, changes=changes,
+                    timeline=timeline, changes=changes, acting=acting,
                 )  # fmt: skip
         else:
             stats = replay_lines(
                 _lines(files, None, None), mon, pipe, tick, out=out,
-                timeline=timeline, changes=changes,
+                timeline=timeline, changes=changes, acting=acting,
             )  # fmt: skip
         if report is not None and timeline is not None:
             incidents: dict[str, dict[str, Any]] = {}
@@ -603,6 +664,12 @@ def register(app: typer.Typer) -> None:
             ", ".join(f"{k}: {v}" for k, v in sorted(stats.opened.items())) or "none",
         )
         t.add_row("still open", str(len(mon.open_incidents())))
+        if acting is not None:
+            t.add_row(
+                "throttle decisions",
+                f"{stats.throttle_records:,} records, "
+                f"{len(acting.controller.decisions())} scopes restricted at the end",
+            )
         if report is not None:
             t.add_row("report", str(report))
         err.print(t)

@@ -40,6 +40,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from models.act.throttle import ThrottleController
+from models.act.throttle_config import load_config
+from models.act.throttle_record import ThrottleRecord
 from models.classify.classifier import Classifier
 from models.detect.monitor import Monitor, MonitorConfig
 from models.ingest.pipeline import Pipeline, PipelineStats, Rejection
@@ -254,6 +257,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         producer_max_request_size=4 << 20,
         consumer_max_fetch_size=8 << 20,
     )
+    throttle_config = load_config(settings.throttle_config or None)
     state = WorkerState(
         settings=settings,
         classifier=Classifier(settings.rule_files),
@@ -541,11 +545,17 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
                 end,
             )
             stored = None
-        owner = Owner(p, Monitor(state.monitor_config), producer)
+        owner = Owner(
+            p, Monitor(state.monitor_config), producer, ThrottleController(throttle_config)
+        )
         if stored is not None:
             try:
                 snap = await asyncio.to_thread(decode, stored.data)
                 owner.monitor = Monitor.restore(snap, state.monitor_config)
+                if "throttle" in snap.meta:  # snapshots before the throttle have none
+                    owner.throttle = ThrottleController.restore(
+                        snap.child("throttle"), throttle_config
+                    )
                 owner.seen = {s: set(v) for s, v in snap.meta.get("seen", {}).items()}
                 # the input partitions' reports as the snapshot saw them: one that has nothing
                 # new to say still holds the clock back (models/state/watermark.py)
@@ -568,6 +578,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
                 log.warning("rollup partition %d: snapshot not restored: %s", p, exc)
                 m.restore("owner", "failed")
                 owner.monitor = Monitor(state.monitor_config)
+                owner.throttle = ThrottleController(throttle_config)
                 stored = None
         if stored is None:
             committed = await consumer.committed(tp)
@@ -596,7 +607,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         """Write the owner's pending incident changes and a snapshot of its Monitor in one
         transaction: the changes are published exactly when the state that made them is."""
         async with owner.lock:
-            if not owner.pending and not force:
+            if not owner.pending and not owner.pending_throttle and not force:
                 due = time.monotonic() - owner.last_snapshot >= settings.snapshot_every_s
                 if not (due and owner.added_since_snapshot):
                     return
@@ -605,10 +616,12 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
                 return
             t0 = time.perf_counter()
             snap = owner.monitor.snapshot()
+            snap.put("throttle", owner.throttle.snapshot())
             snap.meta["seen"] = owner.seen_state()
             snap.meta["reports"] = state.tracker.reports(owner.partition)
             offset, added = owner.next_offset, owner.added_since_snapshot
             changes = list(owner.pending)
+            throttles = list(owner.pending_throttle)
             data = await asyncio.to_thread(encode, snap)
             key = f"o/{settings.topic_rollup}/{owner.partition}"
             recs = pieces(
@@ -627,17 +640,26 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
                             key=str(rec["id"]).encode(),
                             value=orjson.dumps(rec),
                         )
+                    for tr in throttles:
+                        await prod.send(
+                            settings.topic_throttle,
+                            key=tr.scope.encode(),
+                            value=orjson.dumps(tr.to_json()),
+                        )
                     for k, v in recs:
                         await prod.send(settings.topic_state, key=k, value=v, partition=target)
             except (TimeoutError, KafkaError, OSError) as exc:
                 owner_failed(f"snapshot of rollup partition {owner.partition}", exc)
                 return
             del owner.pending[: len(changes)]
+            del owner.pending_throttle[: len(throttles)]
             owner.generation += 1
             owner.pieces = sum(1 for k, v in recs if v is not None) - 1
             owner.last_snapshot = time.monotonic()
             owner.added_since_snapshot -= added
             m.snapshot_written("owner", len(data), time.perf_counter() - t0)
+            for tr in throttles:
+                m.throttle_record(tr)
             for ch in changes:
                 rec = ch.to_json()
                 m.incident_change(rec)
@@ -864,9 +886,10 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         wm = state.watermark()
         for owner in list(state.owners.values()):
             if wm > 0:
-                owner.pending.extend(owner.monitor.advance_through(wm, settings.detect_every_s))
+                owner.advance_through(wm, settings.detect_every_s)
             await owner_commit(owner)
         m.observe_monitor(state.monitor, wm)
+        m.observe_throttle([o.throttle for o in state.owners.values()])
         m.log_lines_held.set(log_filter.suppressed)
         m.tick_seconds.observe(time.perf_counter() - t0)
         state.last_tick_done = time.monotonic()
@@ -908,6 +931,65 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
                 status=400,
             )
         return web.json(status_document(state, int(raw)))
+
+    def decisions_in_force() -> dict[str, ThrottleRecord]:
+        """Every owned partition's decisions in force (not normal, not expired at the
+        watermark), by scope; each scope has one owner."""
+        out: dict[str, ThrottleRecord] = {}
+        for o in list(state.owners.values()):
+            out.update(o.throttle.decisions(o.monitor.store.watermark))
+        return out
+
+    @app.page("/throttle")
+    async def throttle_all(web: Any, request: Any) -> Any:
+        denied = check_token(settings.api_token, request.headers.get("Authorization"))
+        if denied:
+            return web.json({"error": denied}, status=401)
+        recs = decisions_in_force()
+        return web.json(
+            {
+                "instance": state.instance,
+                "owned_partitions": sorted(state.owners),
+                "decisions": [recs[k].to_json() for k in sorted(recs)],
+            }
+        )
+
+    @app.page("/throttle/{scope}")
+    async def throttle_one(web: Any, request: Any, scope: str) -> Any:
+        denied = check_token(settings.api_token, request.headers.get("Authorization"))
+        if denied:
+            return web.json({"error": denied}, status=401)
+        rec = decisions_in_force().get(scope)
+        if rec is not None:
+            return web.json(rec.to_json())
+        for o in list(state.owners.values()):
+            known = o.throttle.decision(scope)
+            if known is not None:  # normal again, or expired
+                return web.json(known.to_json())
+        # no decision on this worker: normal here; another worker may own the scope
+        return web.json(
+            {"kind": "throttle", "scope": scope, "state": "normal", "rate_factor": 1.0,
+             "reason": "none", "incident": None, "at": None, "expires_at": None,
+             "owned_here": False},
+        )  # fmt: skip
+
+    @app.page("/incidents")
+    async def incidents_view(web: Any, request: Any) -> Any:
+        denied = check_token(settings.api_token, request.headers.get("Authorization"))
+        if denied:
+            return web.json({"error": denied}, status=401)
+        which = request.query.get("state", "open")
+        if which not in ("open", "recent"):
+            return web.json(
+                {"error": f"state must be open or recent, not {which[:20]!r}"}, status=400
+            )
+        mons = [o.monitor for o in list(state.owners.values())]
+        if which == "open":
+            incs = [i for mon in mons for i in mon.open_incidents()]
+        else:
+            incs = [i for mon in mons for i in (*mon.open_incidents(), *mon.recent_closed())]
+        incs.sort(key=lambda i: (i.opened_at, i.id))
+        return web.json({"state": which, "incidents": [i.to_json() for i in incs]})
 
     @app.on_before_shutdown.connect
     async def hand_over(app: Any, **kwargs: Any) -> None:

@@ -275,6 +275,26 @@ class Metrics:
             ["kind", "scope"],
             registry=r,
         )
+        self.throttle_records = Counter(
+            "repmon_throttle_records_total",
+            "Throttle records published (changes and refreshes), by state and reason "
+            "(docs/throttle.md).",
+            ["state", "reason"],
+            registry=r,
+        )
+        self.throttled_scopes = Gauge(
+            "repmon_throttled_scopes",
+            "Scopes with a throttle decision in force, by state and scope kind.",
+            ["state", "scope_kind"],
+            registry=r,
+        )
+        self.throttle_factor = Gauge(
+            "repmon_throttle_factor_ratio",
+            "Rate factor in force per throttled scope (0..1; the probe share while paused). "
+            "Capped at REPMON_METRICS_MAX_INCIDENTS scopes, the most restrictive first.",
+            ["state", "scope_kind", "provider", "scope"],
+            registry=r,
+        )
         self.ready = Gauge(
             "repmon_ready",
             "1 when /readyz answers 200 (assigned, restored, ticking, lag not growing), else 0.",
@@ -399,6 +419,24 @@ class Metrics:
                     self.incident_rate.labels(*labels, value).set(float(ev[value]))
         for (typ, sev), n in other.items():
             self.incident_info.labels(typ, sev, "other", "other", "other").set(n)
+
+    def throttle_record(self, rec: Any) -> None:
+        self.throttle_records.labels(rec.state, rec.reason).inc()
+
+    def observe_throttle(self, controllers: list[Any]) -> None:
+        """The decisions in force of every owned rollup partition (``ThrottleController``)."""
+        self.throttled_scopes.clear()
+        self.throttle_factor.clear()
+        live = [rec for c in controllers for rec in c.live.values()]
+        counts: dict[tuple[str, str], int] = {}
+        for rec in live:
+            kind, _ = incident_labels(rec.scope)
+            counts[(rec.state, kind)] = counts.get((rec.state, kind), 0) + 1
+        for (state, kind), n in counts.items():
+            self.throttled_scopes.labels(state, kind).set(n)
+        for rec in sorted(live, key=lambda r: (r.rate_factor, r.scope))[: self.max_incidents]:
+            kind, prov = incident_labels(rec.scope)
+            self.throttle_factor.labels(rec.state, kind, prov, rec.scope).set(rec.rate_factor)
 
     def snapshot_written(self, kind: str, size: int, seconds: float) -> None:
         self.snapshots.labels(kind).inc()

@@ -18,6 +18,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from models.act.acting import Acting
+from models.act.throttle import ThrottleController
+from models.act.throttle_record import ThrottleRecord
 from models.detect.incidents import IncidentChange
 from models.detect.monitor import Monitor, MonitorConfig
 
@@ -34,6 +37,8 @@ class Owner:
     partition: int
     monitor: Monitor
     producer: AIOKafkaProducer | None
+    #: the throttle decisions that follow this partition's incidents (models/act/)
+    throttle: ThrottleController = field(default_factory=ThrottleController)
     #: next rollup offset to add: the snapshot taken now covers everything before it
     next_offset: int = 0
     seen: dict[str, set[int]] = field(default_factory=dict)
@@ -45,6 +50,8 @@ class Owner:
     added_since_snapshot: int = 0
     #: changes not yet written (their transaction failed): written with the next snapshot
     pending: list[IncidentChange] = field(default_factory=list)
+    #: throttle records not yet written: written with the changes, in the same transaction
+    pending_throttle: list[ThrottleRecord] = field(default_factory=list)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     restored_from: int | None = None  #: the generation restored at assignment (None: cold)
 
@@ -59,6 +66,13 @@ class Owner:
             self.seen[src] = {x for x in seen if x >= cut}
         return True
 
+    def advance_through(self, watermark: float, step_s: float) -> None:
+        """Detector runs up to ``watermark``, the throttle stepped after each; their output
+        waits in ``pending`` / ``pending_throttle`` for the next transaction."""
+        changes, records = Acting(self.monitor, self.throttle).advance_through(watermark, step_s)
+        self.pending.extend(changes)
+        self.pending_throttle.extend(records)
+
     def seen_state(self) -> dict[str, list[int]]:
         return {s: sorted(v)[-SEEN_IN_SNAPSHOT:] for s, v in self.seen.items()}
 
@@ -69,6 +83,8 @@ class Owner:
             "snapshot_age_s": round(time.monotonic() - self.last_snapshot, 1),
             "restored_from_generation": self.restored_from,
             "pending_changes": len(self.pending),
+            "pending_throttle_records": len(self.pending_throttle),
+            "throttled_scopes": len(self.throttle.live),
         }
 
 

@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     topic_state: str = "repmon.state"
     #: compacted topic of the ingest memories' snapshots (one per input partition)
     topic_ingest_state: str = "repmon.state.ingest"
+    #: compacted, keyed by scope: the throttle decisions the sending fleet follows
+    #: (docs/throttle.md); one partition, so that a fleet client reads it in order
+    topic_throttle: str = "repmon.throttle"
+    #: throttle policy TOML over the defaults (docs/throttle.md, "Configuration"); empty: defaults
+    throttle_config: str = ""
     #: partitions of mail.events and repmon.rollup when repmon creates them
     topic_partitions: int = Field(default=6, ge=1, le=1024)
     #: partitions of repmon.rollup: the number of detection owners. 1 (the default) puts every
