@@ -8,8 +8,12 @@ from typing import Any
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from models.classify.context import _PHASE_ALIASES, DSN_ACTIONS, SMTP_PHASES
 from models.ingest.pipeline import Pipeline
+from models.ingest.validate import IGNORED, reply_context
 from models.sim.simulator import SimConfig, Simulator
 from tests.test_pipeline import BASE, TableClassifier
 
@@ -76,6 +80,29 @@ GOOD: list[dict[str, Any]] = [
             "2026-11-21T23:59:60Z",
         )
     ),
+    # the reply context, in the documented spellings (any case), or blank
+    *(
+        {
+            "event": "bounced",
+            "timestamp": BASE,
+            "recipient": "a@gmail.com",
+            "smtp_code": 550,
+            "response": "550 User unknown",
+            "smtp_command": cmd,
+            "dsn_action": act,
+        }
+        for cmd, act in (
+            ("DATA", "failed"),
+            ("RCPT TO", "Failed (permanent)"),
+            ("rcpt", "EXPIRED"),
+            ("end of DATA", "delayed"),
+            ("after DATA", ""),
+            ("MAIL FROM:", " "),
+            ("ehlo", "relayed"),
+            ("", "expanded"),
+            (" ", "delivered"),
+        )
+    ),
 ]
 BAD: list[dict[str, Any]] = [
     {"timestamp": BASE, "recipient": "a@gmail.com"},
@@ -116,13 +143,96 @@ BAD: list[dict[str, Any]] = [
 ]
 
 
+#: fail the schema, accepted by ingest: the reply context is optional, ingest ignores a value it
+#: does not recognise (counted per field in ``ignored_fields``) and keeps the event
+LENIENT: list[tuple[dict[str, Any], dict[str, int]]] = [
+    ({"smtp_command": "STARTTLS"}, {"smtp_command": 1, "dsn_action": 0}),
+    ({"smtp_command": "BDAT"}, {"smtp_command": 1, "dsn_action": 0}),
+    ({"smtp_command": "RCPT TO:<a@gmail.com>"}, {"smtp_command": 1, "dsn_action": 0}),
+    ({"smtp_command": ":"}, {"smtp_command": 1, "dsn_action": 0}),
+    ({"smtp_command": 25}, {"smtp_command": 1, "dsn_action": 0}),
+    ({"smtp_command": ["RCPT"]}, {"smtp_command": 1, "dsn_action": 0}),
+    ({"smtp_command": "RCPT" * 1100}, {"smtp_command": 1, "dsn_action": 0}),
+    ({"dsn_action": "bounced"}, {"smtp_command": 0, "dsn_action": 1}),
+    ({"dsn_action": "failed\tpermanently"}, {"smtp_command": 0, "dsn_action": 1}),
+    ({"dsn_action": True}, {"smtp_command": 0, "dsn_action": 1}),
+    ({"smtp_command": "quit", "dsn_action": "gone"}, {"smtp_command": 1, "dsn_action": 1}),
+]
+
+
 @pytest.mark.parametrize("ev", GOOD)
 def test_good_events_pass_schema_and_pipeline(ev: dict[str, Any]) -> None:
     assert VALIDATOR.is_valid(ev)
-    assert Pipeline(TableClassifier(), normalize=str.lower).feed_obj(ev) is None
+    p = Pipeline(TableClassifier(), normalize=str.lower)
+    assert p.feed_obj(ev) is None
+    assert not any(p.stats.ignored_fields.values())  # the schema's context ingest recognises
 
 
 @pytest.mark.parametrize("ev", BAD)
 def test_bad_events_fail_schema_and_pipeline(ev: dict[str, Any]) -> None:
     assert not VALIDATOR.is_valid(ev)
     assert Pipeline(TableClassifier(), normalize=str.lower).feed_obj(ev) is not None
+
+
+@pytest.mark.parametrize(("fields", "ignored"), LENIENT, ids=lambda v: json.dumps(v)[:40])
+def test_unrecognised_context_fails_schema_but_is_accepted(
+    fields: dict[str, Any], ignored: dict[str, int]
+) -> None:
+    ev = {"event": "bounced", "timestamp": BASE, "recipient": "a@gmail.com", **fields}
+    assert not VALIDATOR.is_valid(ev)
+    p = Pipeline(TableClassifier(), normalize=str.lower)
+    assert p.feed_obj(ev) is None
+    assert p.stats.accepted == 1 and p.stats.ignored_fields == ignored
+
+
+def _variants(word: str) -> list[str]:
+    return [word, word.lower(), word.upper(), word.title(), f" {word}\t", f"{word}:"]
+
+
+def _context_valid(name: str, value: str) -> bool:
+    return VALIDATOR.is_valid(
+        {"event": "bounced", "timestamp": BASE, "recipient": "a@gmail.com", name: value}
+    )
+
+
+def test_schema_accepts_every_spelling_ingest_documents() -> None:
+    """The schema's spellings are the classifier's (models.classify.context), in any case."""
+    for alias, phase in _PHASE_ALIASES.items():
+        for v in _variants(alias):
+            assert _context_valid("smtp_command", v), v
+            assert reply_context("smtp_command", v) == phase, v
+    for phase in SMTP_PHASES:
+        assert phase in SCHEMA["properties"]["smtp_command"]["description"]
+    for action in DSN_ACTIONS:
+        for v in [*_variants(action)[:-1], f"{action} (comment)", f"{action}(x)"]:
+            assert _context_valid("dsn_action", v), v
+            assert reply_context("dsn_action", v) == action, v
+        assert action in SCHEMA["properties"]["dsn_action"]["description"]
+
+
+_PHASE_TEXT = st.text(
+    st.sampled_from(sorted(set("".join(_PHASE_ALIASES)) | set("aceilmnorstx :\t\n-./"))),
+    max_size=14,
+)
+_ACTION_TEXT = st.text(st.sampled_from(sorted(set("".join(DSN_ACTIONS)) | set("FX ()\t\n"))))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(
+        _PHASE_TEXT,
+        st.sampled_from(sorted(_PHASE_ALIASES)).flatmap(
+            lambda a: st.tuples(_PHASE_TEXT, _PHASE_TEXT).map(lambda t: t[0] + a + t[1])
+        ),
+    ),
+    st.one_of(
+        _ACTION_TEXT,
+        st.sampled_from(DSN_ACTIONS).flatmap(
+            lambda a: st.tuples(_ACTION_TEXT, _ACTION_TEXT).map(lambda t: t[0] + a + t[1])
+        ),
+    ),
+)
+def test_schema_and_ingest_agree_on_ascii_context(command: str, action: str) -> None:
+    """For ASCII text the schema accepts exactly what ingest recognises (or blank)."""
+    for name, v in (("smtp_command", command), ("dsn_action", action)):
+        assert _context_valid(name, v) == (reply_context(name, v) is not IGNORED), (name, v)

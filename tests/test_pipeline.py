@@ -35,7 +35,9 @@ class Verdict:
 
 
 class TableClassifier:
-    """A test double: decides by a keyword, so tests control the class of every reply."""
+    """A test double: decides by a keyword, so tests control the class of every reply; the
+    reply context as models.classify does for its two main rules (an expired action, a user
+    unknown after DATA)."""
 
     def __init__(self) -> None:
         self.calls = 0
@@ -47,9 +49,16 @@ class TableClassifier:
         text: str,
         provider: str | None = None,
         operator: str | None = None,
+        *,
+        smtp_command: str | None = None,
+        dsn_action: str | None = None,
     ) -> Verdict:
         self.calls += 1
         t = text.lower()
+        if dsn_action == "expired":
+            return Verdict(REASON_CODE["expired"], CLASS_CODE["transient"])
+        if "unknown" in t and smtp_command in ("DATA", "END-OF-DATA"):
+            return Verdict(REASON_CODE["filtered"], CLASS_CODE["block"])
         if "unknown" in t:
             return Verdict(REASON_CODE["userunknown"], CLASS_CODE["hard"])
         if "dmarc" in t:
@@ -415,6 +424,31 @@ _GOOD = [
         "message_id": "m-kg2",
         "response": "550 5.1.1 unknown",
     },
+    # the reply context: canonical spellings; not recognised is ignored and counted
+    {
+        "event": "bounced",
+        "recipient": "l@corp.example",
+        "response": "unknown",
+        "smtp_command": "DATA",
+    },
+    {
+        "event": "bounced",
+        "recipient": "l@corp.example",
+        "response": "unknown",
+        "smtp_command": "rcpt to",
+        "dsn_action": "Failed",
+    },
+    {"event": "deferred", "recipient": "m@gmail.com", "response": "x", "dsn_action": "EXPIRED"},
+    {"event": "bounced", "recipient": "n@gmail.com", "smtp_command": "STARTTLS", "dsn_action": ""},
+    {"event": "delivered", "recipient": "n@gmail.com", "smtp_command": " ", "dsn_action": "nope"},
+    {
+        "event": "bounced",
+        "recipient": "o@gmail.com",
+        "response": "unknown",
+        "x_vendor": 2,  # with the context of a wrong JSON type: the general path only
+        "smtp_command": ["DATA"],
+        "dsn_action": 4.5,
+    },
 ]
 _BAD = [
     {"event": 3},
@@ -457,6 +491,7 @@ _BAD = [
     {"event": "sent", "timestamp": "1795305600"},
     {"event": "sent", "recipient": "x@bad domain.com", "recipient_domain": "gmail.com"},
     {"event": "sent", "mx_host": {"a": 1}, "response": "x" * 9000},
+    {"event": "bounced", "smtp_code": 0, "smtp_command": "nope", "dsn_action": "expired"},
 ]
 _RAW_BAD = [b"{oops", b'"a string"', b"[1, 2]", b"\xff\xfe", b"", b"   ", b" " * ((1 << 20) + 1)]
 

@@ -4,7 +4,8 @@ One ``Pipeline`` per input partition (worker) or per replay. ``feed_many`` (a ba
 and ``feed`` / ``feed_obj`` (one) decode, then check the events with the rules of
 :mod:`models.ingest.validate` (one implementation: a single event is checked as a chunk of
 one), hash the recipients, look up the scope combinations (:mod:`models.ingest.scopes`) and
-classify the replies through caches (:mod:`models.ingest.replies`), drop the repeats of events
+classify the replies, with their context (SMTP phase and DSN Action) when the event gives it,
+through caches (:mod:`models.ingest.replies`), drop the repeats of events
 accepted shortly before (:class:`models.ingest.recent.RecentKeys`), and append a handful of
 integers per accepted event to column lists. ``flush`` turns the columns into numpy arrays once
 per tick and aggregates them into ``Deltas`` (:mod:`models.ingest.aggregate`), deciding which
@@ -39,6 +40,7 @@ from models.ingest.replies import (
 )
 from models.ingest.scopes import ScopeTable
 from models.ingest.validate import (
+    CONTEXT_FIELDS,
     KNOWN_FIELDS,
     MAX_EVENT_BYTES,
     MAX_FIELD_CHARS,
@@ -65,6 +67,7 @@ from models.state.snapshot import Snap
 
 __all__ = [
     "BATCH_ROWS",
+    "CONTEXT_FIELDS",
     "KNOWN_FIELDS",
     "MAX_EVENT_BYTES",
     "MAX_FIELD_CHARS",
@@ -108,6 +111,9 @@ class PipelineStats:
     #: accepted events whose recipient_domain named another domain than the recipient's (the
     #: recipient's was used)
     domain_mismatch: int = 0
+    #: per optional field of CONTEXT_FIELDS: valid events whose value of it was not recognised
+    #: and ignored (docs/events.md, "Reply context"); neither rejected nor lost
+    ignored_fields: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CONTEXT_FIELDS, 0))
 
 
 @dataclass(slots=True)
@@ -330,6 +336,7 @@ class Pipeline:
             checked, b = self._check(objs, longest, typed=True)
         except Exception:  # anything unexpected: every message on its own
             return [(j, rej) for j, raw in enumerate(raws) if (rej := self.feed(raw)) is not None]
+        self._count_ignored(checked)  # on the rows kept: feed counts the others
         out: list[tuple[int, Rejection]] = []
         start = 0
         for j in sorted(checked.rejected):
@@ -359,6 +366,7 @@ class Pipeline:
             # int time would otherwise stay an int (as it does in other chunks)
             return self._one_by_one(objs)
         self.stats.unknown_fields += checked.unknown_fields
+        self._count_ignored(checked)
         bad = checked.rejected
         if not bad:
             if floats:
@@ -371,6 +379,12 @@ class Pipeline:
             start = j + 1
         self._append(b, start, len(objs))
         return [(j, self._count(bad[j])) for j in sorted(bad)]
+
+    def _count_ignored(self, checked: Checked) -> None:
+        if checked.ignored:
+            counts = self.stats.ignored_fields
+            for name, v in checked.ignored.items():
+                counts[name] = counts.get(name, 0) + v
 
     def _one_by_one(self, objs: list[dict[str, Any]]) -> list[tuple[int, Rejection]]:
         out: list[tuple[int, Rejection]] = []
@@ -421,11 +435,12 @@ class Pipeline:
                 rkeys = rk.tolist()
         else:
             rkeys = [0] * n
-        # classification of the replies (a few percent of events)
+        # classification of the replies (a few percent of events), with their context
         cls = [NO_CLASS] * n
         reason = [NO_REASON] * n
         reply = [-1] * n
         texts, enhs, codes = ch.responses, ch.enhs, ch.codes
+        commands, actions = ch.commands, ch.actions
         scopes = self._scopes
         for j in compress(range(n), map(_REPLY_KIND_CODES.__contains__, kinds)):
             if j not in bad:
@@ -437,6 +452,8 @@ class Pipeline:
                     text,
                     scopes.combo_scopes[c],
                     scopes.combo_provider[c],
+                    commands[j],
+                    actions[j],
                 )
         # message ids: the duplicate key of each row that has one, and the message's hash
         mids = ch.message_ids

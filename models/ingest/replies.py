@@ -23,6 +23,13 @@ class ClassificationLike(Protocol):
 
 
 class ClassifierLike(Protocol):
+    """What the Pipeline needs of a classifier (models.classify.classifier.Classifier).
+
+    ``smtp_command`` and ``dsn_action`` are passed (canonical: ``SMTP_PHASES``,
+    ``DSN_ACTIONS``) only for an event that gives them; a reply without context is classified
+    with the five positional arguments alone.
+    """
+
     def classify_normalized(
         self,
         smtp_code: int | None,
@@ -30,17 +37,30 @@ class ClassifierLike(Protocol):
         norm: str,
         provider: str | None = None,
         operator: str | None = None,
+        *,
+        smtp_command: str | None = None,
+        dsn_action: str | None = None,
     ) -> ClassificationLike: ...
 
 
+#: (code, enhanced code, text, provider scope id, MX scope id), plus (SMTP phase, DSN Action)
+#: when the event gives either
+_Key = (
+    tuple[int | None, str | None, str, int, int]
+    | tuple[int | None, str | None, str, int, int, str | None, str | None]
+)
+
+
 class ReplyTable:
-    """Verdicts per (code, enhanced code, text, provider, operator), and reply ids."""
+    """Verdicts per (code, enhanced code, text, provider, operator[, phase, action]), and reply
+    ids."""
 
     def __init__(self, classifier: ClassifierLike, normalize: Callable[[str], str]) -> None:
         self.classifier = classifier
         self._normalize = normalize
-        #: (code, enhanced code, text, provider scope id, MX scope id) -> (reason, class, reply)
-        self._cache: dict[tuple[int | None, str | None, str, int, int], tuple[int, int, int]] = {}
+        #: see _Key -> (reason, class, reply); a key with context is two items longer, so it
+        #: never equals one without, and replies without context pay nothing for it
+        self._cache: dict[_Key, tuple[int, int, int]] = {}
         self._ids: dict[str, int] = {}
         #: reply id -> normalised text (at most 300 characters)
         self.texts: list[str] = []
@@ -52,15 +72,34 @@ class ReplyTable:
         text: str,
         scope_ids: tuple[int, ...],
         provider: tuple[str, str],
+        command: str | None = None,
+        action: str | None = None,
     ) -> tuple[int, int, int]:
         """(reason code, class code, reply id) of a reply; ``scope_ids`` and ``provider`` are
-        those of the event's scope combination."""
-        ckey = (code, enh, text, scope_ids[1], scope_ids[2])
+        those of the event's scope combination, ``command`` and ``action`` its canonical SMTP
+        phase and DSN Action (None: not given). The same text may classify differently in
+        another phase; it keeps one reply id."""
+        ckey: _Key
+        if command is None and action is None:
+            ckey = (code, enh, text, scope_ids[1], scope_ids[2])
+        else:
+            ckey = (code, enh, text, scope_ids[1], scope_ids[2], command, action)
         hit = self._cache.get(ckey)
         if hit is not None:
             return hit
         full = self._normalize(text)
-        verdict = self.classifier.classify_normalized(code, enh, full, provider[0], provider[1])
+        if len(ckey) == 5:
+            verdict = self.classifier.classify_normalized(code, enh, full, provider[0], provider[1])
+        else:
+            verdict = self.classifier.classify_normalized(
+                code,
+                enh,
+                full,
+                provider[0],
+                provider[1],
+                smtp_command=command,
+                dsn_action=action,
+            )
         norm = full[:300]
         rid = self._ids.get(norm)
         if rid is None:

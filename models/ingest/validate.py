@@ -7,16 +7,17 @@ column, in the order of docs/events.md, and gives every rejected row the rejecti
 rule it fails.
 
 Every rule is a function of one value (``event_kind``, ``check_timestamp``, ``check_string``,
-``smtp_code``, ``check_enhanced_code``, ``event_domain``, ``check_combo``; ``is_blank`` for
-"an empty or whitespace-only string is absent"), and that function alone decides whether the
-value passes, why not, and what it becomes. The column functions beside them
+``smtp_code``, ``check_enhanced_code``, ``event_domain``, ``check_combo``, ``reply_context``;
+``is_blank`` for "an empty or whitespace-only string is absent"), and that function alone
+decides whether the value passes, why not, and what it becomes. The column functions beside them
 (``event_kinds``, ``event_times``, ...) ask it about every value that is not plainly fine (a
 string within the limit, a number within the time range, a recipient ending in ``@`` and its
 recipient_domain, ...), and skip the per-value calls when a whole column is plainly fine.
 Whether a value is plainly fine depends on that value alone, so a row's verdict never depends
 on the rows beside it: a chunk of one decides exactly like a chunk of 512.
 
-Pure logic: standard library only.
+Pure logic: standard library, plus the vocabulary of ``models.schema`` and the SMTP phase and
+DSN Action spellings of ``models.classify.context``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from itertools import chain, compress, repeat
 from operator import attrgetter, itemgetter, methodcaller, not_
 from typing import Any
 
+from models.classify.context import dsn_action, smtp_phase
 from models.schema import EVENT_KIND_CODE
 
 MAX_EVENT_BYTES = 1 << 20
@@ -53,7 +55,10 @@ STR_FIELDS = (
     "response",
     "feedback_type",
 )
-KNOWN_FIELDS = frozenset({"event", "timestamp", "smtp_code", *STR_FIELDS})
+#: optional context of a reply (docs/events.md, "Reply context"): an unrecognised value is
+#: ignored and counted, never a rejection
+CONTEXT_FIELDS = ("smtp_command", "dsn_action")
+KNOWN_FIELDS = frozenset({"event", "timestamp", "smtp_code", *STR_FIELDS, *CONTEXT_FIELDS})
 #: the fields that make up a scope combination (checked once per distinct combination)
 COMBO_FIELDS = (
     "recipient_domain",
@@ -443,6 +448,60 @@ def check_enhanced_codes(enhs: list[Any], rejected: dict[int, Rejection], *, all
         )
 
 
+class Ignored:
+    """The verdict of :func:`reply_context` on a value it does not recognise."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "IGNORED"
+
+
+IGNORED = Ignored()
+
+
+#: the canonical spelling of a context field's value (None: not recognised)
+_CONTEXT_CANONICAL: dict[str, Callable[[str], str | None]] = {
+    "smtp_command": smtp_phase,
+    "dsn_action": dsn_action,
+}
+
+
+def reply_context(name: str, value: object) -> str | Ignored | None:
+    """The canonical value of a context field (of CONTEXT_FIELDS): ``smtp_command`` one of
+    ``models.classify.context.SMTP_PHASES`` ("rcpt to" -> "RCPT", "after DATA" ->
+    "END-OF-DATA"), ``dsn_action`` one of ``DSN_ACTIONS`` ("Failed" -> "failed"). Blank is
+    absent (None). Anything else (an unrecognised spelling, a string over MAX_FIELD_CHARS, not
+    a string) is :data:`IGNORED`: the field is treated as absent and counted, the event kept."""
+    if value is None or is_blank(value):
+        return None
+    if type(value) is not str or len(value) > MAX_FIELD_CHARS:
+        return IGNORED
+    canonical = _CONTEXT_CANONICAL[name](value)
+    return IGNORED if canonical is None else canonical
+
+
+def reply_contexts(name: str, col: list[Any]) -> list[int]:
+    """:func:`reply_context` of a column, once per distinct value: every value becomes its
+    canonical spelling or None (in place); returns the rows whose value was ignored."""
+    n = len(col)
+    if col.count(None) == n:  # the common case: the field is absent from the whole chunk
+        return []
+    if set(map(type, col)) <= _OPT_STR_TYPES:
+        verdicts = {v: reply_context(name, v) for v in set(col)}
+        if IGNORED not in verdicts.values():
+            col[:] = map(verdicts.__getitem__, col)
+            return []
+        got: list[Any] = list(map(verdicts.__getitem__, col))
+    else:  # some value is not a string (a number, a list ...): ignored, value by value
+        got = [reply_context(name, v) for v in col]
+    ignored = [j for j, v in enumerate(got) if v is IGNORED]
+    for j in ignored:
+        got[j] = None
+    col[:] = got
+    return ignored
+
+
 def event_domain(
     rdom: object, recipient: str | None, domain: Callable[[str], str | None]
 ) -> tuple[Any, bool] | Rejection:
@@ -697,6 +756,11 @@ class Checked:
     unknown_fields: int
     #: some timestamp of the chunk is an int too large for a float (see Pipeline._ingest)
     ts_overflow: bool
+    #: the SMTP phase (``SMTP_PHASES``) and DSN Action (``DSN_ACTIONS``) of each row, or None
+    commands: list[Any]
+    actions: list[Any]
+    #: field -> how many rows not rejected had its value ignored (see :func:`reply_context`)
+    ignored: dict[str, int]
 
 
 def check_rows(
@@ -718,7 +782,8 @@ def check_rows(
     is the length in bytes of the longest message the chunk was decoded from (None: not
     known); no string of a message that short is longer. ``max_ts`` is the clock plus ``skew``
     (None: no clock). Scope combinations: see :func:`combo_ids`; ``domain`` normalises domain
-    names (:func:`normalise_domain` or a cache of it).
+    names (:func:`normalise_domain` or a cache of it). The reply context (CONTEXT_FIELDS) is
+    made canonical last (:func:`reply_contexts`): it never rejects a row.
     """
     n = len(objs)
     if typed:
@@ -752,6 +817,12 @@ def check_rows(
     combos = combo_ids(keys, rejected, combo_cache, resolve)
     if mismatch and rejected:
         mismatch = [j for j in mismatch if j not in rejected]
+    # the reply context never rejects: its ignored values count on the rows kept
+    ignored: dict[str, int] = {}
+    for name in CONTEXT_FIELDS:
+        rows = reply_contexts(name, cols[name])
+        if rows:
+            ignored[name] = sum(1 for j in rows if j not in rejected)
     return Checked(
         rejected,
         kinds,
@@ -765,4 +836,7 @@ def check_rows(
         mismatch,
         extra,
         ts_overflow,
+        cols["smtp_command"],
+        cols["dsn_action"],
+        ignored,
     )

@@ -1018,10 +1018,14 @@ def status_document(state: WorkerState, top: int = 20) -> dict[str, Any]:
         "duplicates": sum(p.stats.duplicates for p in state.pipelines.values()),
         "watermark": max((p.watermark for p in state.pipelines.values()), default=0.0),
     }
+    ignored: dict[str, int] = {}
     for p in state.pipelines.values():
         for k, v in p.stats.rejected.items():
             if v:
                 ingest["rejected"][k] = ingest["rejected"].get(k, 0) + v
+        for k, v in p.stats.ignored_fields.items():
+            ignored[k] = ignored.get(k, 0) + v
+    ingest["ignored_fields"] = ignored
     return {
         "instance": state.instance,
         "uptime_s": round(time.time() - state.started, 1),

@@ -8,8 +8,9 @@ a missing event or timestamp; the Pipeline then takes the general path for that 
 counts unknown fields and names each rejection. Values of the right JSON type are the
 Pipeline's to judge on either path: blank strings, and ``smtp_code`` as a string (three digits
 are a code, anything else is refused by the Pipeline with the same verdict as on the general
-path). models/ stays free of msgspec: it only sees a decode function and objects with
-attributes.
+path); so are the spellings of the reply context (``smtp_command``, ``dsn_action``), which
+the Pipeline ignores and counts, never rejects, when it does not recognise them. models/ stays
+free of msgspec: it only sees a decode function and objects with attributes.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ class CanonicalEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     enhanced_code: str | None = None
     response: str | None = None
     feedback_type: str | None = None
+    # the reply context: any string, made canonical (or ignored and counted) by the Pipeline;
+    # another JSON type sends the chunk down the general path, which ignores and counts it
+    smtp_command: str | None = None
+    dsn_action: str | None = None
 
 
 def typed_loads() -> Callable[[bytes], Any]:

@@ -28,7 +28,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-from models.ingest.pipeline import REJECTION_REASONS, Pipeline
+from models.ingest.pipeline import CONTEXT_FIELDS, REJECTION_REASONS, Pipeline
 from models.ingest.providers import OTHER, default_table
 from models.schema import COL, EVENT_KINDS
 from models.state.deltas import Deltas
@@ -130,6 +130,13 @@ class Metrics:
         self.unknown_fields = Counter(
             "repmon_events_unknown_fields_total",
             "Unknown fields seen (and ignored) in accepted or rejected events.",
+            registry=r,
+        )
+        self.ignored_fields = Counter(
+            "repmon_events_ignored_fields_total",
+            "Optional context fields (smtp_command, dsn_action) with a value ingest does not "
+            "recognise: the field is ignored, the event kept (docs/events.md).",
+            ["field"],
             registry=r,
         )
         self.duplicates = Counter(
@@ -309,10 +316,13 @@ class Metrics:
         self._seen_rej: dict[int, dict[str, int]] = {}
         self._seen_unknown: dict[int, int] = {}
         self._seen_dup: dict[int, int] = {}
+        self._seen_ignored: dict[int, dict[str, int]] = {}
         for k in EVENT_KINDS:
             self.events.labels(k)
         for reason in REJECTION_REASONS:
             self.rejected.labels(reason)
+        for fld in CONTEXT_FIELDS:
+            self.ignored_fields.labels(fld)
 
     def provider_label(self, name: str) -> str:
         return name if name in self.providers else OTHER
@@ -327,6 +337,7 @@ class Metrics:
             self._seen_rej.pop(partition, None)
             self._seen_unknown.pop(partition, None)
             self._seen_dup.pop(partition, None)
+            self._seen_ignored.pop(partition, None)
         seen = self._seen_kind.setdefault(partition, [0] * len(EVENT_KINDS))
         for i, k in enumerate(EVENT_KINDS):
             diff = st.by_kind[i] - seen[i]
@@ -343,6 +354,12 @@ class Metrics:
         if diff:
             self.unknown_fields.inc(diff)
             self._seen_unknown[partition] = st.unknown_fields
+        seen_i = self._seen_ignored.setdefault(partition, {})
+        for fld, v in st.ignored_fields.items():
+            diff = v - seen_i.get(fld, 0)
+            if diff:
+                self.ignored_fields.labels(fld).inc(diff)
+                seen_i[fld] = v
         diff = st.duplicates - self._seen_dup.get(partition, 0)
         if diff:
             self.duplicates.inc(diff)
