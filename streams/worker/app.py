@@ -30,6 +30,7 @@ import socket
 import time
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from models.act.kumo import (
+    KumoConfig,
+    KumoPlan,
+    SuspensionFeed,
+    kumo_plan,
+    load_kumo_config,
+    shaping_toml,
+    suspensions_json,
+)
 from models.act.throttle import ThrottleController
 from models.act.throttle_config import load_config
 from models.act.throttle_record import ThrottleRecord
@@ -991,6 +1001,11 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         incs.sort(key=lambda i: (i.opened_at, i.id))
         return web.json({"state": which, "incidents": [i.to_json() for i in incs]})
 
+    if settings.kumo_config:
+        install_kumo_endpoints(
+            app, settings, load_kumo_config(settings.kumo_config), decisions_in_force
+        )
+
     @app.on_before_shutdown.connect
     async def hand_over(app: Any, **kwargs: Any) -> None:
         """On a clean stop, hand everything over: stop reading, send and commit what was
@@ -1008,6 +1023,77 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
                 await prod.stop()
 
     return app, state
+
+
+def path_token_ok(expected: str, given: str) -> bool:
+    """The token in a KumoMTA endpoint's path (kumod appends its paths to a configured URL and
+    sends no headers): constant-time compare; no token configured: open, as /status."""
+    return not expected or hmac.compare_digest(given.encode(), expected.encode())
+
+
+def install_kumo_endpoints(
+    router: Any,
+    api_token: str,
+    kcfg: KumoConfig,
+    decisions: Callable[[], dict[str, ThrottleRecord]],
+    clock: Callable[[], float] = time.time,
+) -> None:
+    """What kumod's traffic-shaping automation polls and subscribes to (tsa-daemon's paths),
+    under ``/kumo/<REPMON_API_TOKEN>/``: point kumod's ``subscribe`` URL there (docs/throttle.md,
+    "KumoMTA"). The decisions in force become the shaping overlay and the suspensions
+    (models/act/kumo.py), at wall-clock time: the fleet lives in it."""
+    from aiohttp import WSMsgType, web
+
+    def plan() -> KumoPlan:
+        return kumo_plan(decisions(), kcfg, clock())
+
+    def denied(request: web.Request) -> web.Response | None:
+        if path_token_ok(api_token, request.match_info.get("token", "")):
+            return None
+        return web.json_response({"error": "wrong token in the path"}, status=401)
+
+    async def shaping(request: web.Request) -> web.StreamResponse:
+        return denied(request) or web.Response(text=shaping_toml(plan()), content_type="text/plain")
+
+    async def suspended(request: web.Request) -> web.StreamResponse:
+        return denied(request) or web.json_response(suspensions_json(plan()))
+
+    async def bounced(request: web.Request) -> web.StreamResponse:
+        return denied(request) or web.json_response([])
+
+    async def tsa_status(request: web.Request) -> web.StreamResponse:
+        return denied(request) or web.Response(text="TSA Daemon OK", content_type="text/plain")
+
+    def subscriber(legacy: bool) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            no = denied(request)
+            if no is not None:
+                return no
+            ws = web.WebSocketResponse(heartbeat=30.0)
+            await ws.prepare(request)
+            feed = SuspensionFeed(resend_every_s=60.0, legacy=legacy)
+            try:
+                while not ws.closed:
+                    for item in feed.due(plan(), clock()):
+                        await ws.send_str(orjson.dumps(item).decode())
+                    # kumod sends nothing; wake up for a close or every 5 s for new items
+                    with contextlib.suppress(TimeoutError):
+                        msg = await ws.receive(timeout=5.0)
+                        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                            break
+            except (ConnectionResetError, RuntimeError):
+                pass
+            return ws
+
+        return handler
+
+    base = "/kumo/{token}"
+    router.add_get(base + "/get_config_v1/shaping.toml", shaping)
+    router.add_get(base + "/get_suspension_v1/suspended.json", suspended)
+    router.add_get(base + "/get_bounce_v1/bounced.json", bounced)
+    router.add_get(base + "/tsa/status", tsa_status)
+    router.add_get(base + "/subscribe_event_v1", subscriber(legacy=False))
+    router.add_get(base + "/subscribe_suspension_v1", subscriber(legacy=True))
 
 
 def status_document(state: WorkerState, top: int = 20) -> dict[str, Any]:

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     topic_throttle: str = "repmon.throttle"
     #: throttle policy TOML over the defaults (docs/throttle.md, "Configuration"); empty: defaults
     throttle_config: str = ""
+    #: the repmon -> KumoMTA mapping (egress sources, destinations, normal rates; docs/throttle.md,
+    #: "KumoMTA"); empty: the KumoMTA endpoints are off
+    kumo_config: str = ""
     #: partitions of mail.events and repmon.rollup when repmon creates them
     topic_partitions: int = Field(default=6, ge=1, le=1024)
     #: partitions of repmon.rollup: the number of detection owners. 1 (the default) puts every
