@@ -57,6 +57,7 @@ class WorkerProc:
             REPMON_TOPIC_ROLLUP=f"it-{tag}.rollup",
             REPMON_TOPIC_INCIDENTS=f"it-{tag}.incidents",
             REPMON_TOPIC_THROTTLE=f"it-{tag}.throttle",
+            REPMON_TOPIC_THROTTLE_OVERRIDES=f"it-{tag}.throttle.overrides",
             REPMON_TOPIC_STATE=f"it-{tag}.state",
             REPMON_TOPIC_INGEST_STATE=f"it-{tag}.state.ingest",
             REPMON_TOPIC_PARTITIONS=str(partitions),
@@ -66,7 +67,16 @@ class WorkerProc:
         )
         self.topics = {
             k: self.env[f"REPMON_TOPIC_{k.upper()}"]
-            for k in ("events", "dlq", "rollup", "incidents", "throttle", "state", "ingest_state")
+            for k in (
+                "events",
+                "dlq",
+                "rollup",
+                "incidents",
+                "throttle",
+                "throttle_overrides",
+                "state",
+                "ingest_state",
+            )
         }
         self.log_path = tmp / "worker.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -122,6 +132,7 @@ class WorkerProc:
             "topic_rollup": self.topics["rollup"],
             "topic_incidents": self.topics["incidents"],
             "topic_throttle": self.topics["throttle"],
+            "topic_throttle_overrides": self.topics["throttle_overrides"],
             "topic_state": self.topics["state"],
             "topic_ingest_state": self.topics["ingest_state"],
             "topic_partitions": int(self.env["REPMON_TOPIC_PARTITIONS"]),

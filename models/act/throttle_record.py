@@ -35,6 +35,8 @@ REASONS: Final[tuple[str, ...]] = (
     "stale",  # an open incident was neither observed nor changed for stale_s: as if closed
     "ramp",  # one additive ramp step
     "recovered",  # back to normal
+    "manual",  # a person set it (PUT /throttle/{scope}); wins until it expires or is deleted
+    "manual-cleared",  # the manual override was deleted; the scope's owner republishes its own
 )
 
 #: Keys of the JSON record, in output order.

@@ -60,6 +60,7 @@ from models.state.deltas import Deltas
 from models.state.rolling import RollingConfig
 from models.state.snapshot import Snap, SnapshotError, decode, encode
 from models.state.watermark import PartitionClock, WatermarkTracker
+from streams.fleet.client import ThrottleClient
 from streams.worker.decoding import ingest_pipeline
 from streams.worker.metrics import Metrics
 from streams.worker.owners import EveryThirtySeconds, MonitorView, Owner, install_log_filter
@@ -268,6 +269,8 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         consumer_max_fetch_size=8 << 20,
     )
     throttle_config = load_config(settings.throttle_config or None)
+    #: manual overrides, followed by every worker (wall-clock expiry: set by people)
+    overrides = ThrottleClient(settings.kafka_bootstrap, topic=settings.topic_throttle_overrides)
     state = WorkerState(
         settings=settings,
         classifier=Classifier(settings.rule_files),
@@ -632,6 +635,9 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             offset, added = owner.next_offset, owner.added_since_snapshot
             changes = list(owner.pending)
             throttles = list(owner.pending_throttle)
+            held = overrides.decisions()
+            # a scope under a manual override: the override is what the fleet sees
+            publish = [tr for tr in throttles if tr.scope not in held]
             data = await asyncio.to_thread(encode, snap)
             key = f"o/{settings.topic_rollup}/{owner.partition}"
             recs = pieces(
@@ -650,7 +656,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
                             key=str(rec["id"]).encode(),
                             value=orjson.dumps(rec),
                         )
-                    for tr in throttles:
+                    for tr in publish:
                         await prod.send(
                             settings.topic_throttle,
                             key=tr.scope.encode(),
@@ -897,6 +903,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         for owner in list(state.owners.values()):
             if wm > 0:
                 owner.advance_through(wm, settings.detect_every_s)
+            owner.follow_overrides(set(overrides.decisions()))
             await owner_commit(owner)
         m.observe_monitor(state.monitor, wm)
         m.observe_throttle([o.throttle for o in state.owners.values()])
@@ -948,6 +955,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         out: dict[str, ThrottleRecord] = {}
         for o in list(state.owners.values()):
             out.update(o.throttle.decisions(o.monitor.store.watermark))
+        out.update(overrides.decisions())  # a manual override wins
         return out
 
     @app.page("/throttle")
@@ -1001,6 +1009,91 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         incs.sort(key=lambda i: (i.opened_at, i.id))
         return web.json({"state": which, "incidents": [i.to_json() for i in incs]})
 
+    @app.task
+    async def follow_overrides() -> None:
+        await asyncio.to_thread(overrides.start)
+
+    @app.on_before_shutdown.connect
+    async def stop_overrides(app: Any, **kwargs: Any) -> None:
+        await asyncio.to_thread(overrides.stop, 5.0)
+
+    async def set_override(request: Any) -> Any:
+        """PUT /throttle/{scope} {"state", "rate_factor", "why", "ttl_s", "by"}: a manual
+        decision that wins over the controller's until it expires or is deleted; recorded on the
+        incidents topic with who and why."""
+        from aiohttp import web
+
+        denied = check_token(settings.api_token, request.headers.get("Authorization"))
+        if denied:
+            return web.json_response({"error": denied}, status=401)
+        scope = request.match_info["scope"]
+        try:
+            body = orjson.loads(await request.read())
+            rec, audit = manual_override(scope, body, time.time())
+        except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        prod = await plain_producer()
+        await (
+            await prod.send(
+                settings.topic_throttle, key=scope.encode(), value=orjson.dumps(rec.to_json())
+            )
+        )
+        await (
+            await prod.send(
+                settings.topic_throttle_overrides,
+                key=scope.encode(),
+                value=orjson.dumps({**rec.to_json(), "by": audit["by"], "why": audit["why"]}),
+            )
+        )
+        await (
+            await prod.send(
+                settings.topic_incidents, key=audit_key(audit), value=orjson.dumps(audit)
+            )
+        )
+        log.warning("manual throttle override of %s by %s: %s", scope, audit["by"], audit["why"])
+        return web.json_response(rec.to_json())
+
+    async def clear_override(request: Any) -> Any:
+        """DELETE /throttle/{scope}?why=...: the scope goes back to the controller."""
+        from aiohttp import web
+
+        denied = check_token(settings.api_token, request.headers.get("Authorization"))
+        if denied:
+            return web.json_response({"error": denied}, status=401)
+        scope = request.match_info["scope"]
+        why = request.query.get("why", "").strip()
+        if not why:
+            return web.json_response(
+                {"error": "say why: DELETE /throttle/{scope}?why=..."}, status=400
+            )
+        now = time.time()
+        by = request.query.get("by", "").strip() or request.headers.get("X-Repmon-User", "api")
+        back = None
+        for o in list(state.owners.values()):
+            back = back or o.throttle.decision(scope)
+        if back is None:  # not owned here: normal until its owner republishes its decision
+            back = ThrottleRecord(scope, "normal", 1.0, "manual-cleared", None, now, now)
+        audit = {"kind": "override", "action": "cleared", "scope": scope, "by": by[:200],
+                 "why": why[:1000], "at": now}  # fmt: skip
+        prod = await plain_producer()
+        await (
+            await prod.send(
+                settings.topic_throttle, key=scope.encode(), value=orjson.dumps(back.to_json())
+            )
+        )
+        await (await prod.send(settings.topic_throttle_overrides, key=scope.encode(), value=None))
+        await (
+            await prod.send(
+                settings.topic_incidents, key=audit_key(audit), value=orjson.dumps(audit)
+            )
+        )
+        log.warning("manual throttle override of %s cleared by %s: %s", scope, by, why)
+        return web.json_response({"scope": scope, "cleared": True, "now": back.to_json()})
+
+    router = app.web.web_app.router  # type: ignore[attr-defined]
+    router.add_put("/throttle/{scope}", set_override)
+    router.add_delete("/throttle/{scope}", clear_override)
+
     if settings.kumo_config:
         install_kumo_endpoints(
             app, settings, load_kumo_config(settings.kumo_config), decisions_in_force
@@ -1023,6 +1116,54 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
                 await prod.stop()
 
     return app, state
+
+
+#: the longest a manual override may hold (it never blocks mail forever either)
+MAX_OVERRIDE_S = 7 * 86400.0
+
+
+def manual_override(scope: str, body: Any, now: float) -> tuple[ThrottleRecord, dict[str, Any]]:
+    """The record and the audit entry of a PUT /throttle/{scope}; ValueError with a reason
+    for a bad request."""
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object")
+    state_ = body.get("state")
+    if state_ not in ("throttled", "paused"):
+        raise ValueError("state must be throttled or paused")
+    factor = body.get("rate_factor", 0.0 if state_ == "paused" else 1.0)
+    if isinstance(factor, bool) or not isinstance(factor, int | float) or not 0.0 <= factor <= 1.0:
+        raise ValueError("rate_factor must be a number from 0 to 1")
+    if state_ == "throttled" and not 0.0 < factor < 1.0:
+        raise ValueError("a throttled scope needs 0 < rate_factor < 1")
+    why = body.get("why")
+    if not isinstance(why, str) or not why.strip():
+        raise ValueError('say why (the "why" field): it goes on the incidents topic')
+    ttl = body.get("ttl_s", 3600.0)
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_OVERRIDE_S:
+        raise ValueError(f"ttl_s must be a number of seconds from 1 to {MAX_OVERRIDE_S:.0f}")
+    by = body.get("by", "api")
+    if not isinstance(by, str) or not by.strip():
+        raise ValueError("by must be a non-empty string when given")
+    if ":" not in scope:
+        raise ValueError(f"not a scope: {scope[:100]!r} (kind:value, e.g. provider:yahoo)")
+    rec = ThrottleRecord(scope, state_, float(factor), "manual", None, now, now + float(ttl))
+    audit = {
+        "kind": "override",
+        "action": "set",
+        "scope": scope,
+        "state": state_,
+        "rate_factor": float(factor),
+        "by": by.strip()[:200],
+        "why": why.strip()[:1000],
+        "at": now,
+        "expires_at": now + float(ttl),
+    }
+    return rec, audit
+
+
+def audit_key(audit: dict[str, Any]) -> bytes:
+    """Key of an override's audit record on the (compacted) incidents topic: one per change."""
+    return f"override/{audit['scope']}/{audit['action']}/{audit['at']:.3f}".encode()
 
 
 def path_token_ok(expected: str, given: str) -> bool:

@@ -52,6 +52,8 @@ class Owner:
     pending: list[IncidentChange] = field(default_factory=list)
     #: throttle records not yet written: written with the changes, in the same transaction
     pending_throttle: list[ThrottleRecord] = field(default_factory=list)
+    #: scopes under a manual override at the last tick (their records are not published)
+    overridden: set[str] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     restored_from: int | None = None  #: the generation restored at assignment (None: cold)
 
@@ -72,6 +74,15 @@ class Owner:
         changes, records = Acting(self.monitor, self.throttle).advance_through(watermark, step_s)
         self.pending.extend(changes)
         self.pending_throttle.extend(records)
+
+    def follow_overrides(self, overridden: set[str]) -> None:
+        """A manual override that ended hands its scope back to the controller: its own
+        decision (or normal) is published again."""
+        for scope in sorted(self.overridden - overridden):
+            rec = self.throttle.decision(scope)
+            if rec is not None:
+                self.pending_throttle.append(rec)
+        self.overridden = set(overridden)
 
     def seen_state(self) -> dict[str, list[int]]:
         return {s: sorted(v)[-SEEN_IN_SNAPSHOT:] for s, v in self.seen.items()}

@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     #: compacted, keyed by scope: the throttle decisions the sending fleet follows
     #: (docs/throttle.md); one partition, so that a fleet client reads it in order
     topic_throttle: str = "repmon.throttle"
+    #: compacted, keyed by scope: manual overrides (PUT /throttle/{scope}); every worker follows it
+    topic_throttle_overrides: str = "repmon.throttle.overrides"
     #: throttle policy TOML over the defaults (docs/throttle.md, "Configuration"); empty: defaults
     throttle_config: str = ""
     #: the repmon -> KumoMTA mapping (egress sources, destinations, normal rates; docs/throttle.md,

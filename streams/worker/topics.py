@@ -66,6 +66,9 @@ def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> None:
             ),
             NewTopic(settings.topic_incidents, 1, 1, topic_configs={"cleanup.policy": "compact"}),
             NewTopic(settings.topic_throttle, 1, 1, topic_configs={"cleanup.policy": "compact"}),
+            NewTopic(
+                settings.topic_throttle_overrides, 1, 1, topic_configs={"cleanup.policy": "compact"}
+            ),
             # snapshots (streams/worker/snapstore.py): compacted, pieces of up to 1 MiB
             NewTopic(settings.topic_state, settings.rollup_partitions, 1, topic_configs=_STATE),
             NewTopic(settings.topic_ingest_state, p, 1, topic_configs=_STATE),
