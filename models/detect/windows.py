@@ -188,7 +188,11 @@ class WindowTests:
         """Provider rows: baseline times the observed/expected ratio of all other providers."""
         e = n * p0
         xt, et = float(x[prov].sum()), float(e[prov].sum())
-        ratio = np.clip((xt - x + 1.0) / (et - e + 1.0), 1.0, 5.0)
+        # only the provider rows' own ratio is used ("all other providers" is not theirs for the
+        # other rows, and its denominator can reach zero there)
+        others_x = np.where(prov, xt - x, 0.0)
+        others_e = np.where(prov, et - e, 0.0)
+        ratio = np.clip((others_x + 1.0) / (np.maximum(others_e, 0.0) + 1.0), 1.0, 5.0)
         out: F64 = np.where(prov, p0 * ratio, p0)
         return out
 
