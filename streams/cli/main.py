@@ -24,6 +24,7 @@ VERB_MODULES = (
     "streams.cli.simulate",  # repmon simulate
     "streams.cli.classify",  # repmon classify
     "streams.cli.replay",  # repmon replay
+    "streams.cli.ingest",  # repmon ingest
 )
 
 for _name in VERB_MODULES:

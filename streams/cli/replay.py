@@ -568,6 +568,19 @@ def register(app: typer.Typer) -> None:
                 "--jobs", "-j", help="ingest processes (recipient shards); 1 = in-process"
             ),
         ] = 1,
+        fmt: Annotated[
+            str,
+            typer.Option(
+                "--format",
+                "-f",
+                help="native format of the files (docs/ingest.md): kumomta, postfix, powermta, "
+                "ses, sendgrid, dsn, arf; default canonical JSON events",
+            ),
+        ] = "canonical",
+        parser_config: Annotated[
+            Path | None,
+            typer.Option("--parser-config", help="with --format: TOML, its [<format>] table"),
+        ] = None,
         throttle: Annotated[
             bool,
             typer.Option(
@@ -611,7 +624,16 @@ def register(app: typer.Typer) -> None:
             TimeRemainingColumn(), console=err, transient=True,
         )  # fmt: skip
         out = sys.stdout.buffer
-        if jobs > 1:
+        if fmt != "canonical":
+            from streams.cli.ingest import canonical_lines
+
+            if jobs > 1:
+                raise typer.BadParameter("--format reads the files in one process: use --jobs 1")
+            stats = replay_lines(
+                canonical_lines(files, fmt, parser_config), mon, pipe, tick, out=out,
+                timeline=timeline, changes=changes, acting=acting,
+            )  # fmt: skip
+        elif jobs > 1:
             if "-" in [str(f) for f in files]:
                 raise typer.BadParameter("--jobs > 1 needs files, not stdin")
             if not quiet:

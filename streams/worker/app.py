@@ -19,7 +19,6 @@ one tick of events but never lose one. No Faust table is written per event.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hmac
 import itertools
@@ -70,6 +69,7 @@ from streams.worker.wire import (
     MAX_ROWS_PER_MESSAGE,
     chunk_deltas,
     decode_message,
+    dlq_record,
     encode_deltas,
     split_by_owner,
 )
@@ -212,22 +212,6 @@ class WorkerState:
         """A reader is idle when it is caught up and has read nothing for source_idle_s."""
         fed = self.last_fed.get(part, -math.inf)
         return caught_up and time.monotonic() - fed >= self.settings.source_idle_s
-
-
-def dlq_record(rej: Rejection, raw: bytes, topic: str, partition: int, offset: int) -> bytes:
-    """The dead-letter value: reason, detail and the original bytes (base64, at most 1 MiB)."""
-    return orjson.dumps(
-        {
-            "reason": rej.reason,
-            "detail": rej.detail,
-            "topic": topic,
-            "partition": partition,
-            "offset": offset,
-            "received_at": time.time(),
-            "original_b64": base64.b64encode(raw[: 1 << 20]).decode("ascii"),
-            "original_truncated": len(raw) > (1 << 20),
-        }
-    )
 
 
 def consumer_options(settings: Settings, group: str) -> dict[str, Any]:

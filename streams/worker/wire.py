@@ -8,11 +8,15 @@ flush by owner, and the chunking of a large flush into messages of at most
 
 from __future__ import annotations
 
+import base64
+import time
 import zlib
 
 import msgspec
 import numpy as np
+import orjson
 
+from models.ingest.validate import Rejection
 from models.schema import N_COLUMNS
 from models.state.deltas import Deltas
 
@@ -138,3 +142,22 @@ def chunk_deltas(d: Deltas, max_rows: int) -> list[Deltas]:
         if where is not None:
             out[where[0]].replies.append((where[1], text, cnt))
     return out
+
+
+def dlq_record(
+    rej: Rejection, raw: bytes, topic: str, partition: int, offset: int, **extra: object
+) -> bytes:
+    """The dead-letter value: reason, detail and the original bytes (base64, at most 1 MiB)."""
+    return orjson.dumps(
+        {
+            "reason": rej.reason,
+            "detail": rej.detail,
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "received_at": time.time(),
+            "original_b64": base64.b64encode(raw[: 1 << 20]).decode("ascii"),
+            "original_truncated": len(raw) > (1 << 20),
+            **extra,
+        }
+    )
