@@ -49,17 +49,95 @@ def _fmt_pct(v: Any) -> str:
         return "-"
 
 
-def render(status: dict[str, Any] | None, metrics_url: str) -> Group:
+def lag_text(wm: float, now: float) -> str:
+    """How far event time is behind the wall clock, and why that can be normal."""
+    if not wm:
+        return "no event time yet"
+    lag = now - wm
+    if lag < 120:
+        return f"{lag:.0f} s behind the wall clock"
+    return (
+        f"{lag / 60:.0f} min behind the wall clock: the events are stamped in the past "
+        "(a simulator replaying history faster than real time, or a backlog); detection "
+        "follows event time, not the wall clock"
+    )
+
+
+def incident_cells(i: dict[str, Any], throttles: dict[str, dict[str, Any]]) -> list[str]:
+    """type, scope, severity, opened, rate vs baseline, top reply, action (the throttle)."""
+    ev = i.get("evidence", {}) or {}
+    rate = f"{_fmt_pct(ev.get('rate'))} vs {_fmt_pct(ev.get('baseline'))}"
+    replies = ev.get("top_replies") or []
+    top = str(replies[0][0])[:60] if replies and replies[0] else "-"
+    t = throttles.get(str(i.get("scope")))
+    if t is not None:
+        action = f"{t.get('state')} x{float(t.get('rate_factor', 1.0)):.2f}"
+    elif i.get("closed_at"):
+        action = f"closed {time.strftime('%H:%M', time.gmtime(float(i['closed_at'])))}"
+    else:
+        action = "-"
+    return [
+        str(i.get("type")),
+        str(i.get("scope")),
+        str(i.get("severity")),
+        time.strftime("%H:%M", time.gmtime(float(i.get("opened_at") or 0))),
+        rate,
+        top,
+        action,
+    ]
+
+
+def plain_lines(
+    status: dict[str, Any] | None,
+    recent: list[dict[str, Any]],
+    throttles: dict[str, dict[str, Any]],
+    known: dict[str, str],
+) -> list[str]:
+    """The line-based summary (output not a terminal): one status line, then one line per
+    incident change since the last call (``known``: incident id -> "open" / "closed")."""
+    stamp = time.strftime("%H:%M:%S")
+    if status is None:
+        return [f"{stamp} waiting for the worker ..."]
+    ing = status.get("ingest", {})
+    wm = float(status.get("rollup", {}).get("watermark", 0.0) or 0.0)
+    opened = sum(1 for i in recent if not i.get("closed_at"))
+    out = [
+        f"{stamp} accepted {ing.get('accepted', 0):,} rejected "
+        f"{sum(ing.get('rejected', {}).values()):,} event time "
+        f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(wm)) if wm else '-'} UTC "
+        f"({lag_text(wm, time.time())}); open incidents {opened}, throttled scopes "
+        f"{len(throttles)}"
+    ]
+    for i in recent:
+        iid = str(i.get("id"))
+        now_state = "closed" if i.get("closed_at") else "open"
+        if known.get(iid) == now_state:
+            continue
+        known[iid] = now_state
+        cells = incident_cells(i, throttles)
+        verb = "OPENED" if now_state == "open" else "CLOSED"
+        out.append(
+            f"{stamp} {verb} {cells[0]} on {cells[1]} ({cells[2]}, since {cells[3]} UTC): "
+            f"{cells[4]}; top reply: {cells[5]}; throttle: {cells[6]}"
+        )
+    return out
+
+
+def render(
+    status: dict[str, Any] | None,
+    metrics_url: str,
+    recent: list[dict[str, Any]] | None = None,
+    throttles: dict[str, dict[str, Any]] | None = None,
+) -> Group:
     head = Text(f"repmon  |  metrics: {metrics_url}  |  Ctrl-C stops everything", style="bold")
     if status is None:
         return Group(head, Text("waiting for the worker ..."))
     ing = status.get("ingest", {})
     wm = status.get("rollup", {}).get("watermark", 0.0) or 0.0
-    lag = time.time() - wm if wm else float("nan")
     info = Text(
         f"accepted {ing.get('accepted', 0):,}  rejected {sum(ing.get('rejected', {}).values()):,}"
         f"  event time {time.strftime('%Y-%m-%d %H:%M', time.gmtime(wm)) if wm else '-'} UTC"
-        f"  ({lag / 60:.0f} min behind the wall clock)  partitions {ing.get('partitions', [])}"
+        f"  ({lag_text(wm, time.time())})  partitions {ing.get('partitions', [])}"
     )
     mon = status.get("monitor", {})
     prov = Table(title="providers (last 15 min)", expand=False)
@@ -77,17 +155,32 @@ def render(status: dict[str, Any] | None, metrics_url: str) -> Group:
             _fmt_pct(r.get("block")),
             _fmt_pct(r.get("complaint")),
         )
-    inc = Table(title="open incidents", expand=False)
-    for col in ("type", "scope", "severity", "opened (UTC)"):
+    inc = Table(title="incidents (open, and closed in the last hour)", expand=False)
+    for col in ("type", "scope", "severity", "opened (UTC)", "rate vs baseline", "top reply",
+                "throttle / state"):  # fmt: skip
         inc.add_column(col)
-    for i in mon.get("open_incidents", [])[:15]:
-        inc.add_row(
-            str(i.get("type")),
-            str(i.get("scope")),
-            str(i.get("severity")),
-            time.strftime("%H:%M", time.gmtime(float(i.get("opened_at") or 0))),
-        )
+    rows = recent if recent is not None else mon.get("open_incidents", [])
+    for i in rows[-15:]:
+        inc.add_row(*incident_cells(i, throttles or {}))
     return Group(head, info, prov, inc)
+
+
+def recent_incidents(base: str, token: str, status: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Open incidents and those closed in the last hour of event time, oldest first."""
+    if status is None:
+        return []
+    doc = fetch_json(f"{base}/incidents?state=recent", token=token) or {}
+    wm = float(status.get("rollup", {}).get("watermark", 0.0) or 0.0)
+    return [
+        i
+        for i in doc.get("incidents", [])
+        if i.get("closed_at") is None or float(i["closed_at"]) >= wm - 3600.0
+    ]
+
+
+def throttled(base: str, token: str) -> dict[str, dict[str, Any]]:
+    doc = fetch_json(f"{base}/throttle", token=token) or {}
+    return {str(d.get("scope")): d for d in doc.get("decisions", [])}
 
 
 def _spawn(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -188,19 +281,38 @@ def register(app: typer.Typer) -> None:
         console.print(f"worker log: {logs / 'worker.log'}   metrics: {metrics_url}")
         status_url = f"http://{settings.web_host}:{settings.web_port}/status?top=10"
         t_end = time.monotonic() + run_for if run_for > 0 else None
+        base = f"http://{settings.web_host}:{settings.web_port}"
+        token = settings.api_token
         try:
-            with Live(render(None, metrics_url), console=console, refresh_per_second=1) as live:
+            if console.is_terminal:
+                with Live(render(None, metrics_url), console=console, refresh_per_second=1) as live:
+                    while t_end is None or time.monotonic() < t_end:
+                        if worker.poll() is not None:
+                            console.print(
+                                f"[red]worker exited ({worker.returncode}); see "
+                                f"{logs / 'worker.log'}"
+                            )
+                            break
+                        st = fetch_json(status_url, token=token)
+                        rec = recent_incidents(base, token, st)
+                        live.update(render(st, metrics_url, rec, throttled(base, token)))
+                        time.sleep(2.0)
+            else:
+                # not a terminal (a pipe, a file): plain lines, flushed, every 10 s
+                known: dict[str, str] = {}
+                last = 0.0
                 while t_end is None or time.monotonic() < t_end:
                     if worker.poll() is not None:
-                        console.print(
-                            f"[red]worker exited ({worker.returncode}); see {logs / 'worker.log'}"
-                        )
+                        print(f"worker exited ({worker.returncode}); see {logs / 'worker.log'}")
                         break
-                    live.update(
-                        render(fetch_json(status_url, token=settings.api_token), metrics_url)
-                    )
-                    time.sleep(2.0)
-        except KeyboardInterrupt:
+                    if time.monotonic() - last >= 10.0:
+                        last = time.monotonic()
+                        st = fetch_json(status_url, token=token)
+                        rec = recent_incidents(base, token, st)
+                        for line in plain_lines(st, rec, throttled(base, token), known):
+                            print(line, flush=True)
+                    time.sleep(1.0)
+        except (KeyboardInterrupt, BrokenPipeError):
             pass
         finally:
             _stop(sim, "simulator", console)
