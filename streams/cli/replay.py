@@ -27,7 +27,7 @@ import sys
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -108,7 +108,6 @@ class ReplayStats:
     closed: int = 0
     seconds: float = 0.0
     throttle_records: int = 0
-    throttles: list[ThrottleRecord] = field(default_factory=list)
     last_throttle: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
 
@@ -133,13 +132,11 @@ def _emit(
     stats: ReplayStats,
     changes: list[IncidentChange] | None,
     out: IO[bytes] | None,
-    records: Iterable[ThrottleRecord] = (),
+    records: Sequence[ThrottleRecord] = (),
 ) -> None:
     """Count incident changes (then throttle records), keep them if asked, and write them as
     JSON lines."""
-    for rec in records:
-        stats.throttle_records += 1
-        stats.throttles.append(rec)
+    stats.throttle_records += len(records)
     for ch in found:
         if ch.action == "opened":
             stats.opened[ch.incident.type] += 1
