@@ -41,6 +41,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def private_topics(tag: str) -> dict[str, str]:
+    """``REPMON_TOPIC_*`` settings naming topics of this test alone (``it-<tag>.*``)."""
+    return {
+        "REPMON_TOPIC_EVENTS": f"it-{tag}.events",
+        "REPMON_TOPIC_DLQ": f"it-{tag}.events.dlq",
+        "REPMON_TOPIC_ROLLUP": f"it-{tag}.rollup",
+        "REPMON_TOPIC_INCIDENTS": f"it-{tag}.incidents",
+        "REPMON_TOPIC_THROTTLE": f"it-{tag}.throttle",
+        "REPMON_TOPIC_THROTTLE_OVERRIDES": f"it-{tag}.throttle.overrides",
+        "REPMON_TOPIC_STATE": f"it-{tag}.state",
+        "REPMON_TOPIC_INGEST_STATE": f"it-{tag}.state.ingest",
+    }
+
+
 class WorkerProc:
     """`repmon worker` as a subprocess on private topics and a private port."""
 
@@ -52,14 +66,7 @@ class WorkerProc:
         self.env.update(
             REPMON_KAFKA_BOOTSTRAP=bootstrap,
             REPMON_APP_ID=f"repmon-it-{tag}",
-            REPMON_TOPIC_EVENTS=f"it-{tag}.events",
-            REPMON_TOPIC_DLQ=f"it-{tag}.events.dlq",
-            REPMON_TOPIC_ROLLUP=f"it-{tag}.rollup",
-            REPMON_TOPIC_INCIDENTS=f"it-{tag}.incidents",
-            REPMON_TOPIC_THROTTLE=f"it-{tag}.throttle",
-            REPMON_TOPIC_THROTTLE_OVERRIDES=f"it-{tag}.throttle.overrides",
-            REPMON_TOPIC_STATE=f"it-{tag}.state",
-            REPMON_TOPIC_INGEST_STATE=f"it-{tag}.state.ingest",
+            **private_topics(tag),
             REPMON_TOPIC_PARTITIONS=str(partitions),
             REPMON_WEB_PORT=str(self.port),
             REPMON_DATA_DIR=str(tmp / "faust"),

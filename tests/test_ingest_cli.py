@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from models.ingest.formats import make_parser, parse_records
 from streams.cli.ingest import redact
 from streams.cli.main import app
-from tests.conftest import REPO
+from tests.conftest import REPO, private_topics
 
 DATA = REPO / "tests" / "data" / "formats"
 POSTFIX = DATA / "postfix" / "maillog"
@@ -93,17 +93,7 @@ def test_to_kafka_keyed_by_recipient_with_dead_letters(kafka_bootstrap: str) -> 
 
     tag = uuid.uuid4().hex[:8]
     env = dict(os.environ)
-    env.update(
-        REPMON_KAFKA_BOOTSTRAP=kafka_bootstrap,
-        REPMON_TOPIC_EVENTS=f"it-{tag}.events",
-        REPMON_TOPIC_DLQ=f"it-{tag}.events.dlq",
-        REPMON_TOPIC_ROLLUP=f"it-{tag}.rollup",
-        REPMON_TOPIC_INCIDENTS=f"it-{tag}.incidents",
-        REPMON_TOPIC_THROTTLE=f"it-{tag}.throttle",
-        REPMON_TOPIC_THROTTLE_OVERRIDES=f"it-{tag}.throttle.overrides",
-        REPMON_TOPIC_STATE=f"it-{tag}.state",
-        REPMON_TOPIC_INGEST_STATE=f"it-{tag}.state.ingest",
-    )
+    env.update(REPMON_KAFKA_BOOTSTRAP=kafka_bootstrap, **private_topics(tag))
     res = subprocess.run(
         [sys.executable, "-m", "streams.cli", "ingest", "-f", "postfix", str(POSTFIX)],
         env=env,
