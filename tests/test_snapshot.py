@@ -132,3 +132,45 @@ def test_restored_pipeline_remembers_duplicates_and_known_good() -> None:
         a = getattr(pipe, name).snapshot().arrays
         b = getattr(twin, name).snapshot().arrays
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+_SNAPSHOT_IN_CHILD = """
+import sys
+from models.ingest.pipeline import Pipeline
+from models.sim.simulator import SimConfig, Simulator
+from models.state.snapshot import encode
+sim = Simulator(SimConfig(seed=5, scenario="baseline", duration_s=1200, rate=20.0, params={}))
+pipe = Pipeline()
+for chunk in sim.chunks(60.0):
+    for ev in chunk:
+        assert pipe.feed_obj(ev) is None
+pipe.flush()
+sys.stdout.buffer.write(encode(pipe.memories_snapshot()))
+"""
+
+
+@pytest.mark.parametrize("seeds", [("1", "2"), ("3", "random")])
+def test_ingest_memories_are_the_same_in_every_process(seeds: tuple[str, str]) -> None:
+    """The duplicate keys and message hashes kept in the snapshot do not depend on the process's
+    string-hash salt: a worker restarted (another process, another salt) still recognises the
+    events it saw before its restart."""
+    import os
+    import subprocess
+    import sys
+
+    outs = []
+    for seed in seeds:
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        proc = subprocess.run(
+            [sys.executable, "-c", _SNAPSHOT_IN_CHILD], env=env, capture_output=True, check=True
+        )
+        outs.append(proc.stdout)
+    assert outs[0] == outs[1]
+    # and this process (a third salt) recognises the re-sent events as duplicates
+    sim = Simulator(SimConfig(seed=5, scenario="baseline", duration_s=1200, rate=20.0, params={}))
+    events = [ev for chunk in sim.chunks(60.0) for ev in chunk]
+    twin = Pipeline()
+    twin.restore_memories(decode(outs[0]))
+    for ev in events[-500:]:
+        twin.feed_obj(ev)
+    assert twin.stats.duplicates == 500

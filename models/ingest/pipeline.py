@@ -22,6 +22,7 @@ import hashlib
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import compress
 from operator import methodcaller
 from typing import Any
@@ -135,6 +136,36 @@ class _Batch:
     mismatch: list[int]
 
 
+#: distinct reply texts whose stable hash is cached
+_TEXT_HASH_CACHE = 65_536
+_BLAKE8 = partial(hashlib.blake2b, digest_size=8)
+_ENCODE = methodcaller("encode", "utf-8", "surrogatepass")
+
+
+class _TextHashes(dict[str | None, int]):
+    """Stable hashes of reply texts and enhanced codes (few distinct values), computed on first
+    sight: a hit costs one dict lookup."""
+
+    def __missing__(self, text: str | None) -> int:
+        h = (
+            0
+            if text is None
+            else int.from_bytes(_BLAKE8(_ENCODE(text)).digest(), "little", signed=True)
+        )
+        self[text] = h
+        return h
+
+
+def _stable_hashes(strs: list[str]) -> list[int]:
+    """64-bit BLAKE2b of each string (little-endian, as a signed int): the same in every
+    process, unlike ``hash(str)``."""
+    if not strs:
+        return []
+    digests = b"".join(map(_DIGEST, map(_BLAKE8, map(_ENCODE, strs))))
+    out: list[int] = np.frombuffer(digests, dtype="<i8").tolist()
+    return out
+
+
 def _first(t: tuple[int, Rejection]) -> int:
     return t[0]
 
@@ -197,6 +228,7 @@ class Pipeline:
         self._scopes = ScopeTable(self.resolver, max_scopes)
         self._replies = ReplyTable(self.classifier, normalize)
         self._cols = Columns()
+        self._text_hashes = _TextHashes()
 
     # -- snapshots ---------------------------------------------------------------------------
 
@@ -455,22 +487,39 @@ class Pipeline:
                     commands[j],
                     actions[j],
                 )
-        # message ids: the duplicate key of each row that has one, and the message's hash
+        # message ids: the duplicate key of each row that has one, and the message's hash. Both
+        # are kept in snapshots (the dedupe memory, the known-good memory), so they must be the
+        # same in every process: str hashes are salted per process, so strings are hashed with
+        # BLAKE2b and only tuples of numbers (whose hash is not salted) go through hash().
         mids = ch.message_ids
         dkey: list[Any] | None = None
         mid = [0] * n
         if mids.count(None) < n:
-            fields = (mids, kinds, ch.ts, codes, enhs, texts)
             if bad or None in mids:
                 rows = [j for j, m in enumerate(mids) if m is not None and j not in bad]
-                dkey = [None] * n
-                picked = zip(*[map(f.__getitem__, rows) for f in fields], strict=True)
-                for j, h in zip(rows, map(hash, picked), strict=True):
-                    dkey[j] = h
-                    mid[j] = hash(mids[j])
             else:
-                dkey = list(map(hash, zip(*fields, strict=True)))
-                mid = list(map(hash, mids))
+                rows = list(range(n))
+            mh = _stable_hashes([mids[j] for j in rows])
+            if len(self._text_hashes) > _TEXT_HASH_CACHE:
+                self._text_hashes.clear()
+            th = self._text_hashes.__getitem__
+            picked = zip(
+                mh,
+                map(kinds.__getitem__, rows),
+                map(ch.ts.__getitem__, rows),
+                [-1 if c is None else c for c in map(codes.__getitem__, rows)],
+                map(th, map(enhs.__getitem__, rows)),
+                map(th, map(texts.__getitem__, rows)),
+                strict=True,
+            )
+            if len(rows) == n:
+                dkey = list(map(hash, picked))
+                mid = mh
+            else:
+                dkey = [None] * n
+                for j, h, m in zip(rows, map(hash, picked), mh, strict=True):
+                    dkey[j] = h
+                    mid[j] = m
         return _Batch(
             kinds, ch.ts, cls, reason, rkeys, reply, combos, mid, dkey, ch.domain_mismatch
         )
