@@ -46,6 +46,8 @@ def test_outage_throttle_published_restored_and_released(
     want = next(r for r in replay_throttle(evs) if r["scope"] in truth.scopes)
     w = WorkerProc(kafka_bootstrap, tmp_path / "a")
     w.env["REPMON_INSTANCE_ID"] = f"it-{uuid.uuid4().hex[:6]}"
+    # the KumoMTA endpoints on, as an operator would run them (no token: any path token)
+    w.env["REPMON_KUMO_CONFIG"] = str(Path(__file__).parent / "data" / "kumo" / "kumo.toml")
     try:
         w.start()
         send(kafka_bootstrap, w, first)
@@ -73,6 +75,11 @@ def test_outage_throttle_published_restored_and_released(
         assert one["scope"] == want["scope"] and one["state"] == before["state"]
         open_doc = orjson.loads(w.get("/incidents?state=open"))
         assert any(i["id"] == got["incident"] for i in open_doc["incidents"]), open_doc
+        # kumod's shaping helper can poll the live worker
+        assert w.get("/kumo/any/tsa/status") == b"TSA Daemon OK"
+        susp = orjson.loads(w.get("/kumo/any/get_suspension_v1/suspended.json"))
+        assert set(susp) == {"ready_q", "sched_q"}, susp
+        assert w.get("/kumo/any/get_config_v1/shaping.toml").strip()
 
         assert w.proc is not None
         w.proc.send_signal(signal.SIGKILL)

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from models.act.kumo import kumo_plan, shaping_toml, subscription_items, suspensions_json
 from models.act.throttle_record import ThrottleRecord
-from streams.worker.app import install_kumo_endpoints
+from streams.worker.web import install_kumo_endpoints
 from tests.test_kumo_shaping import NOW, config, decisions
 
 TOKEN = "s3cret"

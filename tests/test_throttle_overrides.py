@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.worker.app import MAX_OVERRIDE_S, manual_override
+from streams.worker.web import MAX_OVERRIDE_S, manual_override
 from tests.conftest import WorkerProc
 from tests.test_integration_kafka import read_incidents_until
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import itertools
 import logging
 import math
@@ -29,7 +28,6 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,17 +39,10 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from models.act.kumo import (
-    KumoConfig,
-    KumoPlan,
-    SuspensionFeed,
-    kumo_plan,
     load_kumo_config,
-    shaping_toml,
-    suspensions_json,
 )
 from models.act.throttle import ThrottleController
 from models.act.throttle_config import load_config
-from models.act.throttle_record import ThrottleRecord
 from models.classify.classifier import Classifier
 from models.detect.monitor import Monitor, MonitorConfig
 from models.ingest.pipeline import Pipeline, PipelineStats, Rejection
@@ -65,6 +56,11 @@ from streams.worker.metrics import Metrics
 from streams.worker.owners import EveryThirtySeconds, MonitorView, Owner, install_log_filter
 from streams.worker.settings import Settings
 from streams.worker.snapstore import pieces, producer_partition, read_newest
+from streams.worker.web import (
+    check_token,
+    install_kumo_endpoints,
+    install_throttle_endpoints,
+)
 from streams.worker.wire import (
     MAX_ROWS_PER_MESSAGE,
     chunk_deltas,
@@ -79,17 +75,6 @@ log = logging.getLogger("repmon.worker")
 
 #: the most scopes per kind /status returns
 MAX_STATUS_TOP = 1000
-
-
-def check_token(expected: str, header: str | None) -> str | None:
-    """None when the request may see the data; else why not. No token configured: open."""
-    if not expected:
-        return None
-    if not header or not header.startswith("Bearer "):
-        return "this endpoint needs 'Authorization: Bearer <token>' (REPMON_API_TOKEN)"
-    if not hmac.compare_digest(header[7:].encode(), expected.encode()):
-        return "wrong token"
-    return None
 
 
 @dataclass
@@ -933,66 +918,6 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             )
         return web.json(status_document(state, int(raw)))
 
-    def decisions_in_force() -> dict[str, ThrottleRecord]:
-        """Every owned partition's decisions in force (not normal, not expired at the
-        watermark), by scope; each scope has one owner."""
-        out: dict[str, ThrottleRecord] = {}
-        for o in list(state.owners.values()):
-            out.update(o.throttle.decisions(o.monitor.store.watermark))
-        out.update(overrides.decisions())  # a manual override wins
-        return out
-
-    @app.page("/throttle")
-    async def throttle_all(web: Any, request: Any) -> Any:
-        denied = check_token(settings.api_token, request.headers.get("Authorization"))
-        if denied:
-            return web.json({"error": denied}, status=401)
-        recs = decisions_in_force()
-        return web.json(
-            {
-                "instance": state.instance,
-                "owned_partitions": sorted(state.owners),
-                "decisions": [recs[k].to_json() for k in sorted(recs)],
-            }
-        )
-
-    @app.page("/throttle/{scope}")
-    async def throttle_one(web: Any, request: Any, scope: str) -> Any:
-        denied = check_token(settings.api_token, request.headers.get("Authorization"))
-        if denied:
-            return web.json({"error": denied}, status=401)
-        rec = decisions_in_force().get(scope)
-        if rec is not None:
-            return web.json(rec.to_json())
-        for o in list(state.owners.values()):
-            known = o.throttle.decision(scope)
-            if known is not None:  # normal again, or expired
-                return web.json(known.to_json())
-        # no decision on this worker: normal here; another worker may own the scope
-        return web.json(
-            {"kind": "throttle", "scope": scope, "state": "normal", "rate_factor": 1.0,
-             "reason": "none", "incident": None, "at": None, "expires_at": None,
-             "owned_here": False},
-        )  # fmt: skip
-
-    @app.page("/incidents")
-    async def incidents_view(web: Any, request: Any) -> Any:
-        denied = check_token(settings.api_token, request.headers.get("Authorization"))
-        if denied:
-            return web.json({"error": denied}, status=401)
-        which = request.query.get("state", "open")
-        if which not in ("open", "recent"):
-            return web.json(
-                {"error": f"state must be open or recent, not {which[:20]!r}"}, status=400
-            )
-        mons = [o.monitor for o in list(state.owners.values())]
-        if which == "open":
-            incs = [i for mon in mons for i in mon.open_incidents()]
-        else:
-            incs = [i for mon in mons for i in (*mon.open_incidents(), *mon.recent_closed())]
-        incs.sort(key=lambda i: (i.opened_at, i.id))
-        return web.json({"state": which, "incidents": [i.to_json() for i in incs]})
-
     @app.task
     async def follow_overrides() -> None:
         await asyncio.to_thread(overrides.start)
@@ -1001,86 +926,18 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
     async def stop_overrides(app: Any, **kwargs: Any) -> None:
         await asyncio.to_thread(overrides.stop, 5.0)
 
-    async def set_override(request: Any) -> Any:
-        """PUT /throttle/{scope} {"state", "rate_factor", "why", "ttl_s", "by"}: a manual
-        decision that wins over the controller's until it expires or is deleted; recorded on the
-        incidents topic with who and why."""
-        from aiohttp import web
-
-        denied = check_token(settings.api_token, request.headers.get("Authorization"))
-        if denied:
-            return web.json_response({"error": denied}, status=401)
-        scope = request.match_info["scope"]
-        try:
-            body = orjson.loads(await request.read())
-            rec, audit = manual_override(scope, body, time.time())
-        except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        prod = await plain_producer()
-        await (
-            await prod.send(
-                settings.topic_throttle, key=scope.encode(), value=orjson.dumps(rec.to_json())
-            )
-        )
-        await (
-            await prod.send(
-                settings.topic_throttle_overrides,
-                key=scope.encode(),
-                value=orjson.dumps({**rec.to_json(), "by": audit["by"], "why": audit["why"]}),
-            )
-        )
-        await (
-            await prod.send(
-                settings.topic_incidents, key=audit_key(audit), value=orjson.dumps(audit)
-            )
-        )
-        log.warning("manual throttle override of %s by %s: %s", scope, audit["by"], audit["why"])
-        return web.json_response(rec.to_json())
-
-    async def clear_override(request: Any) -> Any:
-        """DELETE /throttle/{scope}?why=...: the scope goes back to the controller."""
-        from aiohttp import web
-
-        denied = check_token(settings.api_token, request.headers.get("Authorization"))
-        if denied:
-            return web.json_response({"error": denied}, status=401)
-        scope = request.match_info["scope"]
-        why = request.query.get("why", "").strip()
-        if not why:
-            return web.json_response(
-                {"error": "say why: DELETE /throttle/{scope}?why=..."}, status=400
-            )
-        now = time.time()
-        by = request.query.get("by", "").strip() or request.headers.get("X-Repmon-User", "api")
-        back = None
-        for o in list(state.owners.values()):
-            back = back or o.throttle.decision(scope)
-        if back is None:  # not owned here: normal until its owner republishes its decision
-            back = ThrottleRecord(scope, "normal", 1.0, "manual-cleared", None, now, now)
-        audit = {"kind": "override", "action": "cleared", "scope": scope, "by": by[:200],
-                 "why": why[:1000], "at": now}  # fmt: skip
-        prod = await plain_producer()
-        await (
-            await prod.send(
-                settings.topic_throttle, key=scope.encode(), value=orjson.dumps(back.to_json())
-            )
-        )
-        await (await prod.send(settings.topic_throttle_overrides, key=scope.encode(), value=None))
-        await (
-            await prod.send(
-                settings.topic_incidents, key=audit_key(audit), value=orjson.dumps(audit)
-            )
-        )
-        log.warning("manual throttle override of %s cleared by %s: %s", scope, by, why)
-        return web.json_response({"scope": scope, "cleared": True, "now": back.to_json()})
-
     router = app.web.web_app.router  # type: ignore[attr-defined]
-    router.add_put("/throttle/{scope}", set_override)
-    router.add_delete("/throttle/{scope}", clear_override)
-
+    decisions_in_force = install_throttle_endpoints(
+        router,
+        settings,
+        state.instance,
+        lambda: list(state.owners.values()),
+        overrides,
+        plain_producer,
+    )
     if settings.kumo_config:
         install_kumo_endpoints(
-            app, settings, load_kumo_config(settings.kumo_config), decisions_in_force
+            router, settings.api_token, load_kumo_config(settings.kumo_config), decisions_in_force
         )
 
     @app.on_before_shutdown.connect
@@ -1100,125 +957,6 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
                 await prod.stop()
 
     return app, state
-
-
-#: the longest a manual override may hold (it never blocks mail forever either)
-MAX_OVERRIDE_S = 7 * 86400.0
-
-
-def manual_override(scope: str, body: Any, now: float) -> tuple[ThrottleRecord, dict[str, Any]]:
-    """The record and the audit entry of a PUT /throttle/{scope}; ValueError with a reason
-    for a bad request."""
-    if not isinstance(body, dict):
-        raise ValueError("the body must be a JSON object")
-    state_ = body.get("state")
-    if state_ not in ("throttled", "paused"):
-        raise ValueError("state must be throttled or paused")
-    factor = body.get("rate_factor", 0.0 if state_ == "paused" else 1.0)
-    if isinstance(factor, bool) or not isinstance(factor, int | float) or not 0.0 <= factor <= 1.0:
-        raise ValueError("rate_factor must be a number from 0 to 1")
-    if state_ == "throttled" and not 0.0 < factor < 1.0:
-        raise ValueError("a throttled scope needs 0 < rate_factor < 1")
-    why = body.get("why")
-    if not isinstance(why, str) or not why.strip():
-        raise ValueError('say why (the "why" field): it goes on the incidents topic')
-    ttl = body.get("ttl_s", 3600.0)
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_OVERRIDE_S:
-        raise ValueError(f"ttl_s must be a number of seconds from 1 to {MAX_OVERRIDE_S:.0f}")
-    by = body.get("by", "api")
-    if not isinstance(by, str) or not by.strip():
-        raise ValueError("by must be a non-empty string when given")
-    if ":" not in scope:
-        raise ValueError(f"not a scope: {scope[:100]!r} (kind:value, e.g. provider:yahoo)")
-    rec = ThrottleRecord(scope, state_, float(factor), "manual", None, now, now + float(ttl))
-    audit = {
-        "kind": "override",
-        "action": "set",
-        "scope": scope,
-        "state": state_,
-        "rate_factor": float(factor),
-        "by": by.strip()[:200],
-        "why": why.strip()[:1000],
-        "at": now,
-        "expires_at": now + float(ttl),
-    }
-    return rec, audit
-
-
-def audit_key(audit: dict[str, Any]) -> bytes:
-    """Key of an override's audit record on the (compacted) incidents topic: one per change."""
-    return f"override/{audit['scope']}/{audit['action']}/{audit['at']:.3f}".encode()
-
-
-def path_token_ok(expected: str, given: str) -> bool:
-    """The token in a KumoMTA endpoint's path (kumod appends its paths to a configured URL and
-    sends no headers): constant-time compare; no token configured: open, as /status."""
-    return not expected or hmac.compare_digest(given.encode(), expected.encode())
-
-
-def install_kumo_endpoints(
-    router: Any,
-    api_token: str,
-    kcfg: KumoConfig,
-    decisions: Callable[[], dict[str, ThrottleRecord]],
-    clock: Callable[[], float] = time.time,
-) -> None:
-    """What kumod's traffic-shaping automation polls and subscribes to (tsa-daemon's paths),
-    under ``/kumo/<REPMON_API_TOKEN>/``: point kumod's ``subscribe`` URL there (docs/throttle.md,
-    "KumoMTA"). The decisions in force become the shaping overlay and the suspensions
-    (models/act/kumo.py), at wall-clock time: the fleet lives in it."""
-    from aiohttp import WSMsgType, web
-
-    def plan() -> KumoPlan:
-        return kumo_plan(decisions(), kcfg, clock())
-
-    def denied(request: web.Request) -> web.Response | None:
-        if path_token_ok(api_token, request.match_info.get("token", "")):
-            return None
-        return web.json_response({"error": "wrong token in the path"}, status=401)
-
-    async def shaping(request: web.Request) -> web.StreamResponse:
-        return denied(request) or web.Response(text=shaping_toml(plan()), content_type="text/plain")
-
-    async def suspended(request: web.Request) -> web.StreamResponse:
-        return denied(request) or web.json_response(suspensions_json(plan()))
-
-    async def bounced(request: web.Request) -> web.StreamResponse:
-        return denied(request) or web.json_response([])
-
-    async def tsa_status(request: web.Request) -> web.StreamResponse:
-        return denied(request) or web.Response(text="TSA Daemon OK", content_type="text/plain")
-
-    def subscriber(legacy: bool) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-        async def handler(request: web.Request) -> web.StreamResponse:
-            no = denied(request)
-            if no is not None:
-                return no
-            ws = web.WebSocketResponse(heartbeat=30.0)
-            await ws.prepare(request)
-            feed = SuspensionFeed(resend_every_s=60.0, legacy=legacy)
-            try:
-                while not ws.closed:
-                    for item in feed.due(plan(), clock()):
-                        await ws.send_str(orjson.dumps(item).decode())
-                    # kumod sends nothing; wake up for a close or every 5 s for new items
-                    with contextlib.suppress(TimeoutError):
-                        msg = await ws.receive(timeout=5.0)
-                        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
-                            break
-            except (ConnectionResetError, RuntimeError):
-                pass
-            return ws
-
-        return handler
-
-    base = "/kumo/{token}"
-    router.add_get(base + "/get_config_v1/shaping.toml", shaping)
-    router.add_get(base + "/get_suspension_v1/suspended.json", suspended)
-    router.add_get(base + "/get_bounce_v1/bounced.json", bounced)
-    router.add_get(base + "/tsa/status", tsa_status)
-    router.add_get(base + "/subscribe_event_v1", subscriber(legacy=False))
-    router.add_get(base + "/subscribe_suspension_v1", subscriber(legacy=True))
 
 
 def status_document(state: WorkerState, top: int = 20) -> dict[str, Any]:
