@@ -1481,6 +1481,7 @@ CANONICAL: list[Any] = [
     ],
     "not_an_object",
     "bad_json",
+    "bad_recipient_key",  # a recipient_key that is not the recipient's: two recipients
 ]
 
 

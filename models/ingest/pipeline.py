@@ -452,12 +452,21 @@ class Pipeline:
         if bad:
             hashed = [j for j in hashed if j not in bad]
         addrs = list(map(ch.recipients.__getitem__, hashed))
+        given = ch.recipient_keys
         if None in addrs:
+            # no address: the recipient_key an adapter sent instead (checked), else nothing
+            keyed = [(j, given[j]) for j, a in zip(hashed, addrs, strict=True) if a is None]
             hashed = [j for j, a in zip(hashed, addrs, strict=True) if a is not None]
             addrs = [a for a in addrs if a is not None]
+            keyed = [(j, k) for j, k in keyed if k is not None]
+        else:
+            keyed = []
         rkeys: list[int]
-        if hashed:
+        if hashed or keyed:
             digests = b"".join(map(_DIGEST, map(hashlib.sha256, recipient_bytes(addrs))))
+            if keyed:
+                hashed = hashed + [j for j, _ in keyed]
+                digests += b"".join(bytes.fromhex(k) for _, k in keyed)
             keys = np.frombuffer(digests, dtype="<u8")[::4]
             if len(hashed) == n:
                 rkeys = keys.tolist()
@@ -505,6 +514,7 @@ class Pipeline:
             th = self._text_hashes.__getitem__
             picked = zip(
                 mh,
+                map(rkeys.__getitem__, rows),
                 map(kinds.__getitem__, rows),
                 map(ch.ts.__getitem__, rows),
                 [-1 if c is None else c for c in map(codes.__getitem__, rows)],

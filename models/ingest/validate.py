@@ -44,6 +44,7 @@ MIN_TIMESTAMP = 946_684_800.0  # 2000-01-01T00:00:00Z
 STR_FIELDS = (
     "message_id",
     "recipient",
+    "recipient_key",
     "recipient_domain",
     "sender_domain",
     "sending_ip",
@@ -83,6 +84,7 @@ REJECTION_REASONS = (
     "bad_domain",
     "bad_code",
     "field_too_long",
+    "bad_recipient_key",
 )
 
 _DOMAIN_RE = re.compile(
@@ -110,7 +112,7 @@ _INT_TYPE = frozenset({int})
 #: the fields of EVENT_STR_FIELDS whose blank values check_rows replaces with None here
 #: (enhanced codes: per distinct value; recipients: with their domain; feedback_type: unused,
 #: a blank one passes like an absent one)
-_CLEARED_FIELDS = ("message_id", "response")
+_CLEARED_FIELDS = ("message_id", "response", "recipient_key")
 #: the fields of EVENT_STR_FIELDS limited to MAX_FIELD_CHARS
 _SHORT_STR_FIELDS = tuple(f for f in EVENT_STR_FIELDS if f != "response")
 _LIMIT = {
@@ -717,6 +719,34 @@ def reply_enhanced_code(enhanced_code: str | None, response: str) -> str | None:
     return enhanced_code
 
 
+_KEY_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def check_recipient_keys(
+    keys: list[Any], recipients: list[Any], rejected: dict[int, Rejection]
+) -> None:
+    """``recipient_key`` values (in place): 64 hex digits, lower-cased; with a ``recipient``
+    as well, the key must be that address's (:func:`recipient_key`). A bad or disagreeing key
+    rejects the row (``bad_recipient_key``): the suppression state and the known-good memory
+    of another recipient would be touched otherwise."""
+    for j, k in enumerate(keys):
+        if k is None or j in rejected:
+            continue
+        if not _KEY_RE.fullmatch(k):
+            low = k.strip().lower()
+            if not _KEY_RE.fullmatch(low):
+                rejected[j] = Rejection(
+                    "bad_recipient_key", "recipient_key must be 64 hex digits (SHA-256)"
+                )
+                continue
+            keys[j] = k = low
+        r = recipients[j]
+        if r is not None and recipient_key(r) != k:
+            rejected[j] = Rejection(
+                "bad_recipient_key", "recipient_key is not the SHA-256 of the recipient"
+            )
+
+
 def recipient_bytes(addresses: Iterable[str]) -> Iterator[bytes]:
     """The bytes hashed for each recipient: the trimmed, lower-cased address in UTF-8 (a lone
     surrogate, which some JSON decoders let through, is kept as its code point, never an
@@ -747,6 +777,8 @@ class Checked:
     enhs: list[Any]
     responses: list[Any]
     recipients: list[Any]
+    #: ``recipient_key`` (64 lower-hex digits) where given, else None
+    recipient_keys: list[Any]
     message_ids: list[Any]
     #: scope combination ids (from ``resolve``)
     combos: list[Any]
@@ -813,6 +845,9 @@ def check_rows(
         typed=typed,
         strings="recipient" in strings,
     )
+    rkeys = cols["recipient_key"]
+    if rkeys.count(None) < n:
+        check_recipient_keys(rkeys, cols["recipient"], rejected)
     keys = list(zip(rdoms, *[cols[f] for f in COMBO_FIELDS[1:]], strict=True))
     combos = combo_ids(keys, rejected, combo_cache, resolve)
     if mismatch and rejected:
@@ -831,6 +866,7 @@ def check_rows(
         cols["enhanced_code"],
         cols["response"],
         cols["recipient"],
+        rkeys,
         cols["message_id"],
         combos,
         mismatch,

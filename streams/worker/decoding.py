@@ -31,6 +31,7 @@ class CanonicalEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     timestamp: float | str
     message_id: str | None = None
     recipient: str | None = None
+    recipient_key: str | None = None
     recipient_domain: str | None = None
     sender_domain: str | None = None
     sending_ip: str | None = None

@@ -53,5 +53,13 @@ class CanonicalParser(JsonParser):
             if not isinstance(rdom, str) or not rdom or rdom.isspace():
                 rejections.append(reject("bad_domain", f"{where}recipient has no @domain"))
                 return
-        obj["recipient_key"] = recipient_key(rec)
+        key = recipient_key(rec)
+        given = obj.get("recipient_key")
+        if isinstance(given, str) and given.strip() and given.strip().lower() != key:
+            # as ingest would: the event names two recipients
+            rejections.append(
+                reject("bad_recipient_key", f"{where}recipient_key is not the recipient's")
+            )
+            return
+        obj["recipient_key"] = key
         events.append(obj)
