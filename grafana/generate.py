@@ -299,9 +299,17 @@ def timeline(
 
 
 def tbl(
-    title: str, description: str, targets: Sequence[Target], *, w: int = 12, h: int = 8
+    title: str,
+    description: str,
+    targets: Sequence[Target],
+    *,
+    w: int = 12,
+    h: int = 8,
+    unit: str | None = None,
 ) -> table.Panel:
     p = table.Panel().title(title).description(description).datasource(DS).height(h).span(w)
+    if unit is not None:
+        p = p.unit(unit)
     p = p.with_transformation(
         dm.DataTransformerConfig(id_val="merge", options={})
     ).with_transformation(
@@ -458,6 +466,15 @@ def overview() -> Board:
             steps=((None, GREEN), (1, RED)),
         ),
         st(
+            "Throttled scopes",
+            "Scopes the fleet is told to slow down or pause now (repmon_throttled_scopes; "
+            "docs/throttle.md).",
+            [("sum(repmon_throttled_scopes)", "")],
+            unit="short",
+            decimals=0,
+            steps=((None, GREEN), (1, ORANGE)),
+        ),
+        st(
             "Dead-lettered share",
             "Share of inputs dead-lettered to the DLQ topic (rejected / (accepted + rejected)).",
             [
@@ -557,6 +574,32 @@ def overview() -> Board:
                 )
             ],
             unit="short",
+        ),
+        tbl(
+            "Open incidents: the scope to act on",
+            "One row per open incident with its scope, scope kind and provider "
+            "(repmon_incident_open_info; evidence in /incidents and /status).",
+            [
+                (
+                    "max by (type, severity, scope_kind, provider, scope) "
+                    "(repmon_incident_open_info)",
+                    "",
+                )
+            ],
+            w=12,
+        ),
+        tbl(
+            "Throttles in force",
+            "One row per throttled or paused scope with the rate factor the fleet is told to "
+            "use (repmon_throttle_factor_ratio; 0 = paused but for the probe share).",
+            [
+                (
+                    "min by (state, scope_kind, provider, scope) (repmon_throttle_factor_ratio)",
+                    "",
+                )
+            ],
+            w=12,
+            unit="percentunit",
         ),
     )
     return b
@@ -678,44 +721,135 @@ def provider() -> Board:
             stack=True,
         ),
     )
-    b.row("Incidents (all scopes)").add(
-        note(
-            "Incidents",
-            "`repmon_incidents_open` has no provider label yet, so these are the incidents of "
-            "every scope. Which incident concerns this provider: `/status` on the worker, "
-            "`monitor.open_incidents`.",
-            w=8,
-            h=8,
+    b.row("Incidents and throttles at $provider").add(
+        tbl(
+            "Open incidents at $provider",
+            "Open incidents whose scope is at this provider: the provider itself, its domains "
+            "and MX, or an IP, pool, sender, campaign or tenant at it "
+            "(repmon_incident_open_info; evidence in /incidents).",
+            [
+                (
+                    "max by (type, severity, scope_kind, scope) "
+                    f"(repmon_incident_open_info{{{sel}}})",
+                    "",
+                )
+            ],
         ),
         ts(
-            "Open incidents by type",
-            "Incidents open now by type, every scope (repmon_incidents_open).",
-            [("sum by (type) (repmon_incidents_open)", "{{type}}")],
-            unit="short",
-            w=16,
-            stack=True,
+            "Rate factor of throttled scopes at $provider",
+            "The share of its normal rate each throttled scope at this provider may send "
+            "(repmon_throttle_factor_ratio; docs/throttle.md).",
+            [(f"min by (scope) (repmon_throttle_factor_ratio{{{sel}}})", "{{scope}}")],
+            unit="percentunit",
+            max_val=1,
         ),
     )
     return b
 
 
-def ip_pool() -> Board:
-    b = Board(
-        UID_IP_POOL,
-        "repmon / IPs and pools",
-        "Reputation signals of the sending IPs and pools: blocks, throttling and authentication "
-        "failures per provider, and the incidents that are scoped to IPs and pools.",
+def scope_kind_var() -> db.CustomVariable:
+    return (
+        db.CustomVariable("kind")
+        .label("IP or pool")
+        .values("ip,pool")
+        .current(dm.VariableOption(text="ip", value="ip"))
     )
-    b.row("IPs and pools").add(
-        note(
-            "About this dashboard",
-            "The worker exports **no per-IP or per-pool series** yet (docs/metrics.md: an IP is "
-            "never a label). The panels below show what an IP or pool reputation problem looks "
-            "like at the providers (block and throttle replies, authentication failures) and the "
-            "incident types that are usually scoped to an IP or a pool (`block`, "
-            "`rate_limited`). Which IP or pool: the worker's `/status`, scope kinds `ip`, `pool`, "
-            "`ip|provider`, `pool|provider`.",
-            h=4,
+
+
+def scope_var() -> db.QueryVariable:
+    return (
+        db.QueryVariable("scope")
+        .label("Scope")
+        .description(
+            "The top sending IPs or pools of the worker (REPMON_METRICS_TOP_SCOPES, by attempts "
+            "in the rolling 15 minutes)."
+        )
+        .datasource(DS)
+        .query('label_values(repmon_scope_attempts_15m{kind="$kind"}, scope)')
+        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dm.VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .current(dm.VariableOption(text=["All"], value=["$__all"]))
+    )
+
+
+#: the scope kinds of incidents and throttles that act on IPs and pools
+IP_POOL_KINDS = r"ip|pool|ip\\|provider|pool\\|provider"
+
+
+def ip_pool() -> Board:
+    b = (
+        Board(
+            UID_IP_POOL,
+            "repmon / IPs and pools",
+            "Rolling rates of the top sending IPs and pools, the incidents and throttles scoped "
+            "to them (alone or at one provider), and the block, throttle and authentication "
+            "signals per provider.",
+        )
+        .var(scope_kind_var())
+        .var(scope_var())
+    )
+    sel = 'kind="$kind", scope=~"$scope"'
+    b.row("Per IP or pool (rolling 15 min)").add(
+        ts(
+            "Attempts in the rolling 15 min window",
+            "Delivery attempts behind the rates, per IP or pool (repmon_scope_attempts_15m): a "
+            "rate on little volume is noisy.",
+            [(f"max by (scope) (repmon_scope_attempts_15m{{{sel}}})", "{{scope}}")],
+            unit="short",
+            w=8,
+        ),
+    )
+    for rate, title, steps in (
+        ("deferral", "Deferral rate", ((None, GREEN), (0.2, YELLOW), (0.5, RED))),
+        ("block", "Block rate", ((None, GREEN), (0.01, YELLOW), (0.05, RED))),
+        ("bounce", "Bounce rate", ((None, GREEN), (0.05, YELLOW), (0.1, RED))),
+        ("complaint", "Complaint rate", ((None, GREEN), (0.001, YELLOW), (0.003, RED))),
+    ):
+        b.add(
+            ts(
+                title,
+                f"Rolling 15-minute {rate} rate per IP or pool (repmon_scope_rate_ratio, 0..1), "
+                "all providers together; an incident on one IP at one provider is in the table "
+                "below.",
+                [
+                    (
+                        f'max by (scope) (repmon_scope_rate_ratio{{{sel}, rate="{rate}"}})',
+                        "{{scope}}",
+                    )
+                ],
+                unit="percentunit",
+                steps=steps,
+                w=8 if rate in ("deferral", "block") else 12,
+            )
+        )
+    b.row("Incidents and throttles on IPs and pools").add(
+        tbl(
+            "Open incidents on IPs and pools",
+            "Open incidents whose scope is an IP or a pool, alone or at one provider "
+            "(repmon_incident_open_info).",
+            [
+                (
+                    "max by (type, severity, scope_kind, provider, scope) "
+                    f'(repmon_incident_open_info{{scope_kind=~"{IP_POOL_KINDS}"}})',
+                    "",
+                )
+            ],
+        ),
+        ts(
+            "Rate factor of throttled IPs and pools",
+            "The share of its normal rate each throttled IP or pool (alone or at one provider) "
+            "may send (repmon_throttle_factor_ratio; docs/throttle.md).",
+            [
+                (
+                    "min by (scope) (repmon_throttle_factor_ratio"
+                    f'{{scope_kind=~"{IP_POOL_KINDS}"}})',
+                    "{{scope}}",
+                )
+            ],
+            unit="percentunit",
+            max_val=1,
         ),
         ts(
             "Open block and rate-limit incidents",
@@ -885,6 +1019,41 @@ def incidents() -> Board:
             ],
             unit="short",
             stack=True,
+        ),
+    )
+    b.row("Throttles").add(
+        ts(
+            "Rate factor per throttled scope",
+            "The share of its normal rate each throttled scope may send (1 = normal; a paused "
+            "scope keeps only the probe share). repmon_throttle_factor_ratio, docs/throttle.md.",
+            [("min by (scope) (repmon_throttle_factor_ratio)", "{{scope}}")],
+            unit="percentunit",
+            max_val=1,
+            w=12,
+        ),
+        ts(
+            "Throttled scopes by state",
+            "Scopes with a decision in force, by state and scope kind (repmon_throttled_scopes).",
+            [("sum by (state, scope_kind) (repmon_throttled_scopes)", "{{state}} {{scope_kind}}")],
+            unit="short",
+            stack=True,
+            w=6,
+        ),
+        ts(
+            "Throttle records per hour",
+            "Decisions published on repmon.throttle per hour, by state and reason "
+            "(repmon_throttle_records_total): changes and refreshes.",
+            [
+                (
+                    "sum by (state, reason) (increase(repmon_throttle_records_total[1h]))",
+                    "{{state}} ({{reason}})",
+                )
+            ],
+            unit="short",
+            bars=True,
+            stack=True,
+            interval="1h",
+            w=6,
         ),
     )
     b.row("Context: provider rates (rolling 15 min)")
