@@ -41,7 +41,7 @@ _PROVIDER_DIM = SCOPE_KINDS.index("provider")
 class Columns:
     """The accepted events not flushed yet, one list per column, in feed order."""
 
-    __slots__ = ("cls", "combo", "kind", "mid", "reason", "reply", "rkey", "ts")
+    __slots__ = ("cls", "combo", "kind", "mid", "rdig", "reason", "reply", "rkey", "ts")
 
     def split(self, k: int) -> Columns:
         """Keep the first ``k`` rows here; return the others as new columns."""
@@ -62,6 +62,8 @@ class Columns:
         self.combo: list[int] = []
         #: hash of the message id (0: none)
         self.mid: list[int] = []
+        #: the recipient's 32-byte SHA-256 where a suppression decision may need it, else b""
+        self.rdig: list[bytes] = []
 
 
 def aggregate(
@@ -73,12 +75,17 @@ def aggregate(
     bloom: RotatingBloom,
     recent: RecentDeliveries,
     watermark: float,
+    known_good_out: list[NDArray[np.bool_]] | None = None,
 ) -> Deltas:
-    """The Deltas of the events in ``c`` (counts per scope, bucket and column, top replies)."""
+    """The Deltas of the events in ``c`` (counts per scope, bucket and column, top replies).
+    ``known_good_out`` (a list) receives the known-good verdict of every event (see
+    :func:`known_good_bounces`)."""
     n = len(c.ts)
     if n == 0:
         d = Deltas.empty()
         d.watermark = watermark
+        if known_good_out is not None:
+            known_good_out.append(np.zeros(0, dtype=np.bool_))
         return d
     kind = np.asarray(c.kind, dtype=np.int64)
     ts = np.asarray(c.ts, dtype=np.float64)
@@ -99,6 +106,8 @@ def aggregate(
         bloom,
         recent,
     )
+    if known_good_out is not None:
+        known_good_out.append(known_good)
 
     # (event, column) increments
     ev_parts = [np.arange(n)]
@@ -125,8 +134,12 @@ def aggregate(
     cb1 = k1 // N_COLUMNS
     # 2) fan the aggregated triples out to every scope dimension of their combo, and to the
     # combined scopes (one sending dimension at the combo's provider)
-    rows_c = combo_scopes[cb1 // nb, :N_DIMS]
-    extra_sid, extra_names = _combined(rows_c, scopes.names)
+    # the combined scopes once per distinct combo of the tick, then per triple
+    u_combo, inv_c = np.unique(cb1 // nb, return_inverse=True)
+    rows_u = combo_scopes[u_combo, :N_DIMS]
+    extra_u, extra_names = _combined(rows_u, scopes.names)
+    rows_c = rows_u[inv_c]
+    extra_sid = extra_u[inv_c]
     sid = np.concatenate((rows_c.T.ravel(), extra_sid.T.ravel()))
     fan = N_DIMS + extra_sid.shape[1]
     rb = np.tile(cb1 % nb, fan)
@@ -145,7 +158,10 @@ def aggregate(
     local_sids, scope_idx = np.unique(gsid, return_inverse=True)
     base = len(scopes.names)
     names = [scopes.names[int(s)] if s < base else extra_names[int(s) - base] for s in local_sids]
-    top = replies.top(combo_scopes, combo, reply, local_sids)
+    # top replies of every scope, the combined ones too (an incident on ip:X|provider:Y shows
+    # what Y answered X): the tick's combos with all their scope ids, single and combined
+    full_u = np.concatenate((rows_u, extra_u), axis=1)
+    top = replies.top(full_u, np.searchsorted(u_combo, combo), reply, local_sids)
     return Deltas(
         scopes=names,
         scope_idx=scope_idx.astype(np.int32),

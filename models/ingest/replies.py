@@ -9,8 +9,6 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from models.schema import SCOPE_KINDS
-
 REPLIES_PER_SCOPE = 3
 
 
@@ -127,14 +125,15 @@ class ReplyTable:
         local_sids: NDArray[np.int64],
     ) -> list[tuple[int, str, int]]:
         """The REPLIES_PER_SCOPE most frequent replies per scope of a tick's events, as
-        (position of the scope in ``local_sids``, text, count)."""
+        (position of the scope in ``local_sids``, text, count). ``combo_scopes[combo[i]]``
+        are the scope ids of event ``i`` (-1: none), any number of columns."""
         has = reply >= 0
         if not has.any():
             return []
         sc = combo_scopes[combo[has]]
         rp = reply[has]
         sid = sc.T.ravel()
-        rr = np.tile(rp, len(SCOPE_KINDS))
+        rr = np.tile(rp, sc.shape[1])
         keep = sid >= 0
         sid, rr = sid[keep], rr[keep]
         nr = len(self.texts)

@@ -9,8 +9,8 @@ flushed into the Monitor and the detectors run. Output:
   "opened"|"closed", "id", "type", "scope", "opened_at", "closed_at", "severity", "evidence"}``;
   at the end, incidents still open are *not* closed (their ``closed_at`` stays null);
 * stderr: a progress bar and a human summary (rich);
-* ``--report FILE.html``: a self-contained timeline (inline SVG generated here, no JavaScript, no
-  external assets): deferral and bounce rates per provider and the incident spans.
+* ``--report FILE.html``: a self-contained page (streams/cli/report.py: inline SVG, no JavaScript,
+  no external assets): rates per provider, the incidents with their evidence, the throttle.
 
 Bad lines (invalid JSON, failed validation) are counted per reason and reported, never fatal.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import gzip
 import heapq
-import html
 import io
 import math
 import os
@@ -44,10 +43,10 @@ from models.detect.config import DETECT_EVERY_S
 from models.detect.incidents import IncidentChange
 from models.detect.monitor import Monitor, MonitorConfig
 from models.ingest.pipeline import BATCH_ROWS, Pipeline, parse_timestamp
-from models.schema import COL
 from models.state.deltas import Deltas
 from models.state.rolling import RollingConfig
 from models.state.watermark import PartitionClock
+from streams.cli.report import Timeline, render_report
 from streams.worker.decoding import ingest_pipeline
 
 _PROGRESS_EVERY = 65536
@@ -66,36 +65,6 @@ def _open(path: Path) -> tuple[IO[bytes], IO[bytes]]:
     if head == b"\x1f\x8b":
         return io.BufferedReader(gzip.GzipFile(fileobj=raw), buffer_size=1 << 20), raw
     return raw, raw
-
-
-@dataclass
-class Timeline:
-    """Per-provider counts per ``bucket_s`` of event time, for the HTML report."""
-
-    bucket_s: int = 300
-    counts: dict[str, dict[int, list[int]]] = field(default_factory=dict)  # provider -> b -> cnt
-
-    _COLS = (
-        ("attempts", ("delivered", "deferred", "bounced", "rejected")),
-        ("deferred", ("deferred",)),
-        ("failed", ("bounced", "rejected")),
-    )
-
-    def add(self, d: Any) -> None:
-        prov = [i for i, s in enumerate(d.scopes) if s.startswith("provider:")]
-        if not prov:
-            return
-        want = set(prov)
-        for r in range(len(d)):
-            si = int(d.scope_idx[r])
-            if si not in want:
-                continue
-            name = d.scopes[si].partition(":")[2]
-            b = int(d.bucket_start[r]) // self.bucket_s
-            row = d.counts[r]
-            slot = self.counts.setdefault(name, {}).setdefault(b, [0, 0, 0])
-            for j, (_, cols) in enumerate(self._COLS):
-                slot[j] += int(sum(int(row[COL[c]]) for c in cols))
 
 
 @dataclass
@@ -118,12 +87,16 @@ def _advance(
     stats: ReplayStats,
     changes: list[IncidentChange] | None,
     out: IO[bytes] | None,
+    timeline: Timeline | None = None,
 ) -> None:
-    """One detector run (and the throttle's step when ``acting``), its output emitted."""
+    """One detector run (and the throttle's step when ``acting``), its output emitted; the
+    throttle's changes kept in ``timeline`` for the report."""
     if acting is None:
         _emit(monitor.advance(watermark), stats, changes, out)
         return
     found, records = acting.advance(watermark)
+    if timeline is not None:
+        timeline.add_throttle(records)
     _emit(found, stats, changes, out, records)
 
 
@@ -298,7 +271,7 @@ def replay_lines(
         if timeline is not None:
             timeline.add(d)
         stats.ticks += 1
-        _advance(monitor, acting, d.watermark, stats, changes, out)
+        _advance(monitor, acting, d.watermark, stats, changes, out, timeline)
 
     loop = TickLoop(pipeline, tick, tick_s, max_pending)
     loop.run(lines)
@@ -384,7 +357,7 @@ def replay_parallel(
             if timeline is not None:
                 timeline.add(d)
         stats.ticks += 1
-        _advance(monitor, acting, max(d.watermark for d in deltas), stats, changes, out)
+        _advance(monitor, acting, max(d.watermark for d in deltas), stats, changes, out, timeline)
 
     while live:
         msg = q.get()
@@ -408,134 +381,6 @@ def replay_parallel(
         p.join()
     stats.seconds = time.perf_counter() - t0
     return stats
-
-
-def render_report(timeline: Timeline, incidents: list[dict[str, Any]], title: str) -> str:
-    """Self-contained HTML: per-provider deferral/bounce rate lines and incident spans (SVG)."""
-    provs = sorted(
-        timeline.counts,
-        key=lambda p: -sum(v[0] for v in timeline.counts[p].values()),
-    )[:8]
-    all_b = [b for p in provs for b in timeline.counts[p]]
-    if not all_b:
-        return f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title><p>No data."
-    b0, b1 = min(all_b), max(all_b)
-    t0, t1 = b0 * timeline.bucket_s, (b1 + 1) * timeline.bucket_s
-    w, h, left, right = 1100, 220, 60, 170
-    pw = w - left - right
-    palette = [
-        "#1f77b4",
-        "#d62728",
-        "#2ca02c",
-        "#9467bd",
-        "#ff7f0e",
-        "#8c564b",
-        "#e377c2",
-        "#17becf",
-    ]
-
-    def x(t: float) -> float:
-        return left + (t - t0) / max(t1 - t0, 1) * pw
-
-    def panel(label: str, j: int) -> str:
-        ymax = 0.0
-        series = []
-        for p in provs:
-            pts = []
-            for b in sorted(timeline.counts[p]):
-                c = timeline.counts[p][b]
-                if c[0] >= 20:
-                    r = c[j] / c[0]
-                    pts.append((b * timeline.bucket_s + timeline.bucket_s / 2, r))
-                    ymax = max(ymax, r)
-            series.append(pts)
-        ymax = max(0.05, min(1.0, ymax * 1.1))
-        parts = [f'<svg width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img">']
-        parts.append(f'<text x="{left}" y="14" font-size="13" font-weight="bold">{label}</text>')
-        for k in range(5):
-            yv = ymax * k / 4
-            yy = h - 25 - (h - 45) * k / 4
-            parts.append(
-                f'<line x1="{left}" x2="{left + pw}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#eee"/>'
-            )
-            parts.append(
-                f'<text x="{left - 5}" y="{yy + 4:.1f}" font-size="10" text-anchor="end">{yv:.0%}</text>'
-            )
-        for i, pts in enumerate(series):
-            if not pts:
-                continue
-            d = " ".join(
-                f"{x(t):.1f},{h - 25 - (h - 45) * min(r, ymax) / ymax:.1f}" for t, r in pts
-            )
-            col = palette[i % len(palette)]
-            parts.append(f'<polyline fill="none" stroke="{col}" stroke-width="1.5" points="{d}"/>')
-            parts.append(
-                f'<text x="{left + pw + 8}" y="{30 + 14 * i}" font-size="11" fill="{col}">{html.escape(provs[i])}</text>'
-            )
-        parts.append(_time_axis(x, t0, t1, h - 10))
-        parts.append("</svg>")
-        return "".join(parts)
-
-    lanes = sorted({(i["type"], i["scope"]) for i in incidents})
-    lh = 18
-    ih = max(60, 30 + lh * len(lanes))
-    spans = [f'<svg width="{w}" height="{ih}" viewBox="0 0 {w} {ih}" role="img">']
-    spans.append(f'<text x="{left}" y="14" font-size="13" font-weight="bold">Incidents</text>')
-    colors = {
-        "provider_outage": "#ff7f0e",
-        "rate_limited": "#bcbd22",
-        "block": "#d62728",
-        "false_hard_bounces": "#9467bd",
-        "hard_bounce_spike": "#8c564b",
-        "complaint_spike": "#e377c2",
-        "auth_failure": "#17becf",
-    }
-    for i in incidents:
-        k = lanes.index((i["type"], i["scope"]))
-        y = 22 + lh * k
-        a = x(max(t0, i["opened_at"]))
-        b = x(min(t1, i["closed_at"] if i["closed_at"] is not None else t1))
-        col = colors.get(i["type"], "#777")
-        tip = html.escape(f"{i['type']} {i['scope']} ({i['severity']})")
-        spans.append(
-            f'<rect x="{a:.1f}" y="{y}" width="{max(2.0, b - a):.1f}" height="{lh - 4}" fill="{col}" opacity="0.8"><title>{tip}</title></rect>'
-        )
-        spans.append(f'<text x="{left + pw + 8}" y="{y + 11}" font-size="10">{tip}</text>')
-    spans.append(_time_axis(x, t0, t1, ih - 5))
-    spans.append("</svg>")
-    body = "\n".join(
-        [
-            panel("Deferral rate per provider (5 min)", 1),
-            panel("Bounce rate per provider (5 min)", 2),
-            "".join(spans),
-        ]
-    )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title>"
-        "<style>body{font-family:system-ui,sans-serif;margin:20px}svg{display:block;margin:10px 0}"
-        "text{font-family:system-ui,sans-serif}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p>{len(incidents)} incidents. Event time in UTC.</p>"
-        f"{body}</body></html>"
-    )
-
-
-def _time_axis(x: Any, t0: float, t1: float, y: float) -> str:
-    span = max(t1 - t0, 1)
-    step = next(
-        s
-        for s in (300, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 604800)
-        if span / s <= 12
-    )
-    out = []
-    t = math.ceil(t0 / step) * step
-    while t <= t1:
-        label = time.strftime("%d %H:%M", time.gmtime(t))
-        out.append(
-            f'<text x="{x(t):.1f}" y="{y}" font-size="10" text-anchor="middle">{label}</text>'
-        )
-        t += step
-    return "".join(out)
 
 
 def register(app: typer.Typer) -> None:
@@ -659,6 +504,7 @@ def register(app: typer.Typer) -> None:
                     timeline,
                     list(incidents.values()),
                     f"repmon replay: {', '.join(str(f) for f in files)}",
+                    throttle_ran=acting is not None,
                 ),
                 encoding="utf-8",
             )
