@@ -141,7 +141,8 @@ class WorkerState:
     def __post_init__(self) -> None:
         self.tracker = WatermarkTracker(self.settings.source_silent_s)
         self.monitor_config = MonitorConfig(
-            rolling=RollingConfig(max_scopes=self.settings.max_scopes)
+            rolling=RollingConfig(max_scopes=self.settings.max_scopes),
+            warmup_s=self.settings.warmup_s,
         )
         self.monitor = MonitorView(self.owners, self.monitor_config)
 

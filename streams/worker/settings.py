@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.detect.config import DETECT_EVERY_S
+from models.detect.config import DETECT_EVERY_S, MonitorConfig
 
 
 class Settings(BaseSettings):
@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     #: event-time seconds between two detector runs: the detectors run at every multiple, as
     #: ``repmon replay --tick`` does (a backlog step by step); the counts follow the watermark
     detect_every_s: float = Field(default=DETECT_EVERY_S, gt=0.0, le=3600.0)
+    #: no incident opens before this much event time has been seen (the baselines warm up;
+    #: ``repmon replay --warmup``). A worker restored from its snapshots is warm already
+    warmup_s: float = Field(default=MonitorConfig().warmup_s, ge=0.0, le=7 * 86400.0)
     #: event-time bucket width of the counts (seconds)
     bucket_s: int = Field(default=60, ge=1, le=3600)
     #: events further in the future of the worker clock than this are dead-lettered
