@@ -3,6 +3,8 @@
     .venv/bin/python bench/evaluate.py                 # all scenarios, prints a markdown table
     .venv/bin/python bench/evaluate.py --json out.json --only provider-outage
     .venv/bin/python bench/evaluate.py --order log     # as a log shipper publishes it
+    .venv/bin/python bench/evaluate.py --closed-loop --html /tmp/closed-loop.html
+                                                       # the throttle in the loop (issue 13)
 
 
 Each run feeds the simulator's events (event-time order) through ``Pipeline`` into ``Monitor``,
@@ -17,6 +19,14 @@ scope is in ``truth.scopes``, opened within ``[onset, end + grace]``, is a detec
 ``opened_at - onset``; every other opened incident is a false alarm. Baseline alarms carry no
 type: they match any truth entry whose scopes contain one of the alarm's scopes.
 
+Closed loop (issue 13, ``--closed-loop``): ``models/sim/closed_loop.py`` steps a fleet that obeys
+a controller and a provider that answers what the fleet sends, per scenario (outage, rate limits,
+block) and controller (repmon's policy through the real Pipeline, Monitor and Acting; no throttle;
+KumoMTA-style automation rules). It scores failed attempts during the incident, messages delayed,
+the time from the provider's recovery to >= 95 % of the normal volume, and the reversals of the
+rate factor, against the targets of ``CLOSED_LOOP_TARGETS``; ``--html`` writes the report with one
+plot per scenario, ``--quick`` runs shorter scenarios at a lower rate (tests).
+
 Right scope (issue 11): each truth entry names the one scope to act on (``act_scope``, e.g.
 ``ip:203.0.113.6|provider:google``). The entry is *detected on the right scope* when the first
 incident of its type opened within ``[onset, end + grace]`` has exactly that scope. The issue-11
@@ -27,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -41,6 +52,14 @@ from models.detect.baselines import BaselineAlarm, CountTriggers, StaticThreshol
 from models.detect.config import DETECT_EVERY_S
 from models.detect.monitor import Monitor, MonitorConfig
 from models.ingest.pipeline import Pipeline
+from models.sim.closed_loop import (
+    CLOSED_LOOP_SCENARIOS,
+    CONTROLLERS,
+    ClosedLoopScenario,
+    closed_loop_metrics,
+    quick_scenarios,
+    run_closed_loop,
+)
 from models.sim.simulator import SimConfig, Simulator
 
 HOUR = 3600.0
@@ -430,10 +449,417 @@ def summarise(results: list[RunResult]) -> tuple[str, dict[str, Any]]:
     return "\n".join(lines), summary
 
 
+# ---------------------------------------------------------------------------------------------
+# Closed loop (issue 13)
+# ---------------------------------------------------------------------------------------------
+
+#: issue 13's targets for repmon's policy in the closed loop
+CLOSED_LOOP_TARGETS: dict[str, float] = {
+    #: at least this much fewer failed attempts than no throttle during an outage
+    "outage_failure_reduction": 0.80,
+    #: back to >= 95 % of the normal volume within this many seconds of the provider's recovery
+    "recovery_s": 900.0,
+    #: at most this many reversals of the rate factor per incident
+    "reversals": 2.0,
+}
+CONTROLLER_LABELS: dict[str, str] = {
+    "repmon": "repmon policy",
+    "none": "no throttle",
+    "kumo": "KumoMTA-style rules",
+}
+CONTROLLER_COLORS: dict[str, str] = {"repmon": "#1f77b4", "none": "#d62728", "kumo": "#2ca02c"}
+
+
+def closed_loop_job(
+    name: str,
+    controller: str,
+    seed: int,
+    rate: float,
+    quick: bool,
+    throttle_config: str | None = None,
+) -> dict[str, Any]:
+    """One closed-loop run (a process pool job): its metrics, series and what drove it."""
+    from models.act.throttle_config import load_config
+
+    scenario = (quick_scenarios() if quick else CLOSED_LOOP_SCENARIOS)[name]
+    cfg = load_config(throttle_config) if throttle_config else None
+    res = run_closed_loop(scenario, controller, seed, rate, throttle_config=cfg)
+    return {
+        "metrics": closed_loop_metrics(res),
+        "series": res.series,
+        "onset": res.onset,
+        "end": res.end,
+        "start": res.start,
+        "step_s": res.step_s,
+        "normal_per_step": res.normal_per_step,
+        "seconds": res.seconds,
+        "events": res.events,
+        "rejected": res.rejected,
+        "records": res.records,
+        "incidents": res.incidents,
+        "kumo_triggers": len(res.triggers),
+        "kumo_first_triggers": res.triggers[:20],
+    }
+
+
+def closed_loop_verdicts(
+    runs: dict[str, dict[str, dict[str, Any]]], scenarios: dict[str, ClosedLoopScenario]
+) -> list[dict[str, Any]]:
+    """Per scenario: repmon's figures against the targets (``runs[scenario][controller]`` are
+    :func:`closed_loop_metrics` dicts). A target that does not apply to a scenario is None."""
+    out = []
+    tg = CLOSED_LOOP_TARGETS
+    for name, by in runs.items():
+        me, none, kumo = by.get("repmon"), by.get("none"), by.get("kumo")
+        if me is None:
+            continue
+        outage = scenarios[name].incident.kind == "outage"
+        red = None
+        if none is not None and none["failed_incident"] > 0:
+            red = 1.0 - me["failed_incident"] / none["failed_incident"]
+        fewer = None if not outage or red is None else bool(red >= tg["outage_failure_reduction"])
+        rec = me["recovery_s"]
+        rec_ok = rec is not None and rec <= tg["recovery_s"]
+        rev_ok = me["reversals"] <= tg["reversals"]
+        beats = None
+        if kumo is not None:
+            k_rec = kumo["recovery_s"]
+            better_fail = me["failed_incident"] < kumo["failed_incident"]
+            better_rec = rec is not None and (k_rec is None or rec < k_rec)
+            beats = bool(better_fail or better_rec)
+        checks = [c for c in (fewer, rec_ok, rev_ok, beats) if c is not None]
+        out.append(
+            {
+                "scenario": name,
+                "failure_reduction_vs_none": red,
+                "outage_80pct_fewer": fewer,
+                "recovery_s": rec,
+                "recovery_within_15min": rec_ok,
+                "reversals": me["reversals"],
+                "reversals_ok": rev_ok,
+                "better_than_kumo": beats,
+                "met": all(checks),
+            }
+        )
+    return out
+
+
+def _fmt_s(s: float | None, horizon: str = "") -> str:
+    if s is None:
+        return f"not within the run{horizon}"
+    return f"{s / 60:.1f} min"
+
+
+def _yes(v: bool | None) -> str:
+    return "-" if v is None else ("yes" if v else "**no**")
+
+
+def closed_loop_tables(
+    runs: dict[str, dict[str, dict[str, Any]]],
+    verdicts: list[dict[str, Any]],
+    scenarios: dict[str, ClosedLoopScenario],
+) -> str:
+    """The markdown tables of docs/evaluation.md ("Closed-loop throttle evaluation")."""
+    lines = [
+        "| scenario (act scope) | controller | failed attempts in the incident | vs no throttle "
+        "| messages delayed (act scope / elsewhere) | delay mean / p95 | back to >= 95 % after "
+        "recovery | reversals | lowest factor | factor before onset |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, by in runs.items():
+        sc = scenarios[name]
+        after = f" ({sc.after_s / 60:.0f} min)"
+        base = by.get("none", {}).get("failed_incident")
+        for c in CONTROLLERS:
+            m = by.get(c)
+            if m is None:
+                continue
+            vs = "-" if not base or c == "none" else f"{m['failed_incident'] / base - 1:+.0%}"
+            lines.append(
+                f"| {name} ({_md(sc.act_scope)}) | {CONTROLLER_LABELS[c]} "
+                f"| {m['failed_incident']:,.0f} of {m['attempts_incident']:,.0f} | {vs} "
+                f"| {m['delayed_act']:,} / {m['delayed'] - m['delayed_act']:,} "
+                f"| {m['delayed_mean_s'] / 60:.1f} / {m['delayed_p95_s'] / 60:.1f} min "
+                f"| {_fmt_s(m['recovery_s'], after)} | {m['reversals']} "
+                f"| {m['min_factor']:.2f} | {m['factor_before']:.2f} |"
+            )
+    lines += [
+        "",
+        "| scenario | >= 80 % fewer failed attempts than no throttle (outage) | back to >= 95 % "
+        "within 15 min | <= 2 reversals | better than KumoMTA-style (failures or recovery) "
+        "| met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for v in verdicts:
+        red = v["failure_reduction_vs_none"]
+        red_s = (
+            "-"
+            if v["outage_80pct_fewer"] is None
+            else f"{_yes(v['outage_80pct_fewer'])} ({red:.0%})"
+        )
+        lines.append(
+            f"| {v['scenario']} | {red_s} "
+            f"| {_yes(v['recovery_within_15min'])} ({_fmt_s(v['recovery_s'])}) "
+            f"| {_yes(v['reversals_ok'])} ({v['reversals']}) | {_yes(v['better_than_kumo'])} "
+            f"| {_yes(v['met'])} |"
+        )
+    return "\n".join(lines)
+
+
+def _nice_tick(raw: float) -> float:
+    """A round axis step (1, 2, 2.5 or 5 x a power of ten) at least ``raw``."""
+    if raw <= 0:
+        return 1.0
+    mag = 10 ** math.floor(math.log10(raw))
+    return next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+
+
+def _svg_closed_loop(name: str, sc: ClosedLoopScenario, by: dict[str, dict[str, Any]]) -> str:
+    """One scenario's plot: attempts, failed attempts and rate factor on the act scope, per
+    controller, against minutes from the onset (one SVG, three panels, responsive)."""
+    import html as _html
+
+    first = next(iter(by.values()))
+    onset, end, step = first["onset"], first["end"], first["step_s"]
+    normal_min = first["normal_per_step"] * 60.0 / step
+    w, left, right, ph, gap, top = 1000, 70, 20, 170, 56, 90
+    pw = w - left - right
+    t_all = [(t - onset) / 60.0 for t in first["series"]["t"]]
+    x0, x1 = t_all[0], t_all[-1] + step / 60.0
+
+    def x(m: float) -> float:
+        return left + (m - x0) / max(x1 - x0, 1e-9) * pw
+
+    panels = [
+        ("attempts_act", "Attempts per minute on the act scope (volume sent)", "attempts / min"),
+        ("failed_act", "Failed attempts per minute on the act scope (deferred or bounced)",
+         "failed / min"),
+        ("factor_act", "Rate factor: share of the act scope's normal volume the fleet may send",
+         "rate factor"),
+    ]  # fmt: skip
+    h = top + len(panels) * (ph + gap) + 30
+    out = [
+        f'<svg viewBox="0 0 {w} {h}" role="img" aria-labelledby="t-{name}" '
+        f'preserveAspectRatio="xMidYMid meet">',
+        f'<title id="t-{name}">{_html.escape(name)}: volume, failures and rate factor per '
+        "controller</title>",
+    ]
+    # legend
+    lx = left
+    for c in CONTROLLERS:
+        if c not in by:
+            continue
+        col = CONTROLLER_COLORS[c]
+        out.append(
+            f'<line x1="{lx}" x2="{lx + 24}" y1="20" y2="20" stroke="{col}" stroke-width="3"/>'
+            f'<text x="{lx + 30}" y="24" font-size="13">{_html.escape(CONTROLLER_LABELS[c])}</text>'
+        )
+        lx += 210
+    out.append(
+        f'<rect x="{lx}" y="12" width="24" height="14" fill="#f4c7a1" opacity="0.6"/>'
+        f'<text x="{lx + 30}" y="24" font-size="13">provider incident '
+        f"({sc.incident.kind.replace('_', ' ')}, {sc.incident.length_s / 60:.0f} min)</text>"
+    )
+    out.append(
+        f'<text x="{left}" y="50" font-size="12" fill="#444">Act scope '
+        f"{_html.escape(sc.act_scope)}; normal volume {normal_min:.0f} attempts/min (dashed); "
+        f"x: minutes from the incident's onset (event time)</text>"
+    )
+    for pi, (key, title, ylab) in enumerate(panels):
+        y0 = top + pi * (ph + gap)
+        vals = {c: by[c]["series"][key] for c in CONTROLLERS if c in by}
+        clipped: float | None = None
+        if key == "factor_act":
+            ymax, tick = 1.0, 0.25
+        else:
+            peak = max((max(v) for v in vals.values() if v), default=1.0)
+            cap = max(3.0 * normal_min, 1.0)
+            tick = _nice_tick(min(peak, cap) / 4)
+            ymax = tick * max(1, math.ceil(min(peak, cap) / tick))
+            clipped = peak if peak > ymax else None
+
+        def y(v: float, y0: float = y0, ymax: float = ymax) -> float:
+            return y0 + ph - min(v, ymax) / ymax * ph
+
+        out.append(
+            f'<text x="{left}" y="{y0 - 8}" font-size="14" font-weight="bold">'
+            f"{_html.escape(title)}</text>"
+        )
+        out.append(
+            f'<rect x="{x(0):.1f}" y="{y0}" width="{x((end - onset) / 60) - x(0):.1f}" '
+            f'height="{ph}" fill="#f4c7a1" opacity="0.45"/>'
+        )
+        for k in range(round(ymax / tick) + 1):
+            yv = k * tick
+            yy = y(yv)
+            label = f"{yv:.2f}" if key == "factor_act" else f"{yv:,.0f}"
+            out.append(
+                f'<line x1="{left}" x2="{left + pw}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#e5e5e5"/>'
+                f'<text x="{left - 6}" y="{yy + 4:.1f}" font-size="11" text-anchor="end">'
+                f"{label}</text>"
+            )
+        out.append(
+            f'<text x="16" y="{y0 + ph / 2:.1f}" font-size="12" text-anchor="middle" '
+            f'transform="rotate(-90 16 {y0 + ph / 2:.1f})">{_html.escape(ylab)}</text>'
+        )
+        if key == "attempts_act":
+            yn = y(normal_min)
+            out.append(
+                f'<line x1="{left}" x2="{left + pw}" y1="{yn:.1f}" y2="{yn:.1f}" '
+                'stroke="#555" stroke-dasharray="5,4"/>'
+            )
+        if key == "factor_act":
+            y95 = y(0.95)
+            out.append(
+                f'<line x1="{left}" x2="{left + pw}" y1="{y95:.1f}" y2="{y95:.1f}" '
+                'stroke="#999" stroke-dasharray="2,3"/>'
+                f'<text x="{left + pw - 4}" y="{y95 - 4:.1f}" font-size="10" text-anchor="end" '
+                'fill="#666">0.95</text>'
+            )
+        for c, v in vals.items():
+            pts = " ".join(
+                f"{x(tm + step / 120.0):.1f},{y(val):.1f}" for tm, val in zip(t_all, v, strict=True)
+            )
+            out.append(
+                f'<polyline fill="none" stroke="{CONTROLLER_COLORS[c]}" stroke-width="1.6" '
+                f'opacity="0.9" points="{pts}"/>'
+            )
+        if clipped is not None:
+            out.append(
+                f'<text x="{left + pw - 4}" y="{y0 + 12}" font-size="11" text-anchor="end" '
+                f'fill="#666">axis clipped at {ymax:,.0f}; peak {clipped:,.0f}/min (backlog '
+                "sent at once)</text>"
+            )
+        # time axis
+        span = x1 - x0
+        stepm = next(s for s in (10, 15, 30, 60, 120) if span / s <= 14)
+        m = math.ceil(x0 / stepm) * stepm
+        while m <= x1:
+            out.append(
+                f'<line x1="{x(m):.1f}" x2="{x(m):.1f}" y1="{y0 + ph}" y2="{y0 + ph + 4}" '
+                f'stroke="#333"/><text x="{x(m):.1f}" y="{y0 + ph + 16}" font-size="11" '
+                f'text-anchor="middle">{m:+.0f}</text>'
+            )
+            m += stepm
+        out.append(
+            f'<line x1="{left}" x2="{left + pw}" y1="{y0 + ph}" y2="{y0 + ph}" stroke="#333"/>'
+        )
+    out.append(
+        f'<text x="{left + pw / 2:.0f}" y="{h - 6}" font-size="12" text-anchor="middle">'
+        "minutes from the onset of the provider's incident</text>"
+    )
+    out.append("</svg>")
+    return "".join(out)
+
+
+def render_closed_loop_html(
+    results: dict[str, dict[str, dict[str, Any]]],
+    scenarios: dict[str, ClosedLoopScenario],
+    verdicts: list[dict[str, Any]],
+    meta: str,
+) -> str:
+    """The self-contained report: the tables, then one plot per scenario (inline SVG)."""
+    import html as _html
+
+    runs = {n: {c: r["metrics"] for c, r in by.items()} for n, by in results.items()}
+    table = closed_loop_tables(runs, verdicts, scenarios)
+    rows = []
+    for line in table.splitlines():
+        if not line.startswith("|"):
+            rows.append("</table><table>" if not line.strip() else "")
+            continue
+        if set(line.replace("|", "").strip()) <= {"-", ":"}:
+            continue
+        cells = [c.strip().replace("\\|", "|") for c in line.strip("|").split(" | ")]
+        tag = "th" if not rows or rows[-1].startswith("</table>") else "td"
+        rows.append(
+            "<tr>"
+            + "".join(f"<{tag}>{_html.escape(c).replace('**', '')}</{tag}>" for c in cells)
+            + "</tr>"
+        )
+    sections = []
+    for name, by in results.items():
+        sc = scenarios[name]
+        sections.append(
+            f"<section><h2>{_html.escape(name)}</h2><p>{_html.escape(sc.description)}. "
+            f"Act scope <code>{_html.escape(sc.act_scope)}</code>.</p>"
+            f"{_svg_closed_loop(name, sc, by)}</section>"
+        )
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        "<title>repmon closed-loop throttle evaluation</title><style>"
+        "body{font-family:system-ui,sans-serif;margin:20px;max-width:1200px}"
+        "svg{width:100%;height:auto;display:block;margin:8px 0 24px}"
+        "table{border-collapse:collapse;margin:10px 0;font-size:13px}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#f3f3f3}"
+        "code{background:#f3f3f3;padding:0 3px}</style></head><body>"
+        "<h1>repmon closed-loop throttle evaluation</h1>"
+        f"<p>{_html.escape(meta)}</p><table>{''.join(rows)}</table>"
+        f"{''.join(sections)}</body></html>"
+    )
+
+
+def main_closed_loop(args: argparse.Namespace) -> None:
+    scenarios = quick_scenarios() if args.quick else CLOSED_LOOP_SCENARIOS
+    names = [n for n in scenarios if not args.only or n in args.only]
+    if not names:
+        raise SystemExit(f"--only: no such closed-loop scenario; one of {', '.join(scenarios)}")
+    rate = args.rate if args.rate is not None else (20.0 if args.quick else 50.0)
+    jobs = [(n, c) for n in names for c in CONTROLLERS]
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=args.jobs) as ex:
+        # repmon's runs (Pipeline + Monitor) are the long ones: first
+        order = sorted(range(len(jobs)), key=lambda i: jobs[i][1] != "repmon")
+        futs = {
+            i: ex.submit(
+                closed_loop_job, *jobs[i], args.seed, rate, args.quick, args.throttle_config
+            )
+            for i in order
+        }
+        done = {jobs[i]: futs[i].result() for i in range(len(jobs))}
+    results = {n: {c: done[(n, c)] for c in CONTROLLERS} for n in names}
+    for n in names:
+        for c in CONTROLLERS:
+            r = done[(n, c)]
+            extra = f", {r['events']:,} events, {r['rejected']} rejected" if c == "repmon" else ""
+            print(f"# {n} / {c}: {r['seconds']:.1f} s{extra}", file=sys.stderr)
+    runs = {n: {c: r["metrics"] for c, r in by.items()} for n, by in results.items()}
+    verdicts = closed_loop_verdicts(runs, scenarios)
+    met = all(v["met"] for v in verdicts)
+    meta = (
+        f"seed={args.seed} rate={rate:g} msgs/s, step {TICK_LABEL}, "
+        f"{'quick' if args.quick else 'full'} scenarios, wall {time.perf_counter() - t0:.0f} s"
+    )
+    print(meta + "\n")
+    print(closed_loop_tables(runs, verdicts, scenarios))
+    print(f"\nclosed-loop targets met: {met}")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {"meta": meta, "targets": CLOSED_LOOP_TARGETS, "verdicts": verdicts,
+                 "all_targets_met": met, "runs": results},
+                indent=1, default=str,
+            )
+        )  # fmt: skip
+    if args.html:
+        args.html.write_text(
+            render_closed_loop_html(results, scenarios, verdicts, meta), encoding="utf-8"
+        )
+
+
+TICK_LABEL = f"{DETECT_EVERY_S:g} s"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--rate", type=float, default=50.0, help="simulator 'sent' events per second")
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="simulator 'sent' events per second (default 50; --closed-loop --quick: 20)",
+    )
     ap.add_argument("--only", action="append", help="run only these run names (repeatable)")
     ap.add_argument("--json", type=Path, help="write all incidents, alarms and verdicts here")
     ap.add_argument("--jobs", type=int, default=2)
@@ -449,7 +875,25 @@ def main() -> None:
         default="sorted",
         help="feed events in event-time order, or as a log shipper publishes them",
     )
+    ap.add_argument(
+        "--closed-loop",
+        action="store_true",
+        help="the closed-loop throttle evaluation (issue 13) instead of the detection one",
+    )
+    ap.add_argument("--quick", action="store_true", help="--closed-loop: short scenarios")
+    ap.add_argument("--html", type=Path, help="--closed-loop: write the HTML report here")
+    ap.add_argument(
+        "--throttle-config",
+        help="--closed-loop: throttle policy TOML over the defaults (docs/throttle.md)",
+    )
     args = ap.parse_args()
+    if args.closed_loop:
+        main_closed_loop(args)
+        return
+    if args.html or args.quick or args.throttle_config:
+        ap.error("--html, --quick and --throttle-config go with --closed-loop")
+    if args.rate is None:
+        args.rate = 50.0
     runs = [r for r in RUNS if not args.only or r[0] in args.only]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as ex:
