@@ -1,2 +1,3 @@
-"""adapters: native log and webhook formats (KumoMTA, Postfix, PowerMTA, SES, SendGrid, DSN,
-ARF) into canonical events. Empty for now."""
+"""adapters: the I/O side of getting a fleet's events in. The parsers themselves are pure
+(models/ingest/formats); here is the HTTP webhook gateway (``repmon gateway``, docs/gateway.md):
+its server, authentication (bearer token, SendGrid's signed webhooks) and dead-letter redaction."""

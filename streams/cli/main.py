@@ -25,6 +25,7 @@ VERB_MODULES = (
     "streams.cli.classify",  # repmon classify
     "streams.cli.replay",  # repmon replay
     "streams.cli.ingest",  # repmon ingest
+    "streams.cli.gateway",  # repmon gateway
     "streams.cli.dlq",  # repmon dlq
 )
 
