@@ -28,9 +28,10 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
+from models.act.throttle_record import REASONS, STATES
 from models.ingest.pipeline import CONTEXT_FIELDS, REJECTION_REASONS, Pipeline
 from models.ingest.providers import OTHER, default_table
-from models.schema import COL, EVENT_KINDS
+from models.schema import COL, EVENT_KINDS, INCIDENT_TYPES
 from models.state.deltas import Deltas
 
 disable_created_metrics()
@@ -323,6 +324,13 @@ class Metrics:
             self.rejected.labels(reason)
         for fld in CONTEXT_FIELDS:
             self.ignored_fields.labels(fld)
+        # counters that dashboards take increase() of exist from the start at 0: a series born
+        # at its first increment shows no increase for that first incident or record
+        for typ in INCIDENT_TYPES:
+            self.incidents_opened.labels(typ)
+        for state in STATES:
+            for reason in REASONS:
+                self.throttle_records.labels(state, reason)
 
     def provider_label(self, name: str) -> str:
         return name if name in self.providers else OTHER
