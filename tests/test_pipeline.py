@@ -283,6 +283,31 @@ def test_replies_are_top_per_scope() -> None:
     assert len(top) == 3
 
 
+def test_combined_scopes_have_their_top_replies() -> None:
+    """An incident on one IP at one provider shows what that provider answered that IP."""
+    p = make()
+    for i in range(3):
+        p.feed(ev("deferred", ts=BASE + i, response="421 rate limited", sending_ip="192.0.2.7"))
+    p.feed(ev("deferred", ts=BASE + 5, response="451 other ip", sending_ip="192.0.2.8"))
+    p.feed(
+        ev(
+            "deferred",
+            ts=BASE + 6,
+            rcpt="x@yahoo.com",
+            response="421 yahoo",
+            sending_ip="192.0.2.7",
+        )
+    )
+    d = p.flush()
+    by_scope: dict[str, list[tuple[str, int]]] = {}
+    for i, t, c in d.replies:
+        by_scope.setdefault(d.scopes[i], []).append((t, c))
+    assert by_scope["ip:192.0.2.7|provider:google"] == [("421 rate limited", 3)]
+    assert by_scope["ip:192.0.2.8|provider:google"] == [("451 other ip", 1)]
+    assert by_scope["ip:192.0.2.7|provider:yahoo"] == [("421 yahoo", 1)]
+    assert sorted(by_scope["ip:192.0.2.7"]) == [("421 rate limited", 3), ("421 yahoo", 1)]
+
+
 def test_classifier_cache_hits_on_repeated_replies() -> None:
     c = TableClassifier()
     p = make(c)
@@ -1249,3 +1274,54 @@ def test_two_recipients_of_one_message_are_not_duplicates() -> None:
     p, rej = _both_ways(msgs)
     assert not rej
     assert p.stats.duplicates == 1 and p.stats.accepted == 3
+
+
+def test_recipient_rows_are_the_events_a_recipient_decision_needs() -> None:
+    """keep_recipients: per flush, one row per delivery, bounce, rejection, complaint or
+    unsubscription with a recipient, in feed order, with the identity, the whole key (where a
+    decision may need it), the message hash and the recipient's scopes, computed independently
+    here from the events (models/ingest/recipients.py's helpers)."""
+    from models.ingest.recipients import (
+        RECIPIENT_KINDS,
+        idents_of,
+        message_hash,
+        recipient_digest,
+    )
+    from models.schema import EVENT_KIND_CODE
+    from models.sim.simulator import SimConfig, Simulator
+
+    sim = Simulator(
+        SimConfig(seed=4, scenario="b2b-false-bounces", duration_s=5 * 3600, rate=4.0, params={})
+    )
+    evs = [e for ch in sim.chunks(60.0) for e in ch]
+    p = Pipeline(typed_loads=typed_loads(), keep_recipients=True)
+    kg = 0
+    for i in range(0, len(evs), 5000):  # several flushes, concatenated
+        assert not p.feed_many([json.dumps(e).encode() for e in evs[i : i + 5000]])
+        d = p.flush()
+        dom = np.array([s.startswith("domain:") for s in d.scopes], dtype=bool)[d.scope_idx]
+        kg += int(d.counts[dom, COL["user_unknown_known_good"]].sum())  # one scope per event
+    rows = p.take_recipients()
+    assert len(p.take_recipients()) == 0  # taken
+    keyed = {EVENT_KIND_CODE[k] for k in ("bounced", "rejected", "complained", "unsubscribed")}
+    want = [e for e in evs if EVENT_KIND_CODE[e["event"]] in RECIPIENT_KINDS and e.get("recipient")]
+    assert len(rows) == len(want) > 1000
+    assert rows.ts.tolist() == [float(e["timestamp"]) for e in want]
+    assert rows.kind.tolist() == [EVENT_KIND_CODE[e["event"]] for e in want]
+    digests = [recipient_digest(e["recipient"]) for e in want]
+    assert rows.ident.tolist() == idents_of(digests).tolist()
+    # S32 drops trailing NUL bytes on the way to Python bytes: compare the raw 32 bytes
+    raw = rows.key.tobytes()
+    assert [raw[32 * i : 32 * i + 32] for i in range(len(rows))] == [
+        dg if EVENT_KIND_CODE[e["event"]] in keyed else bytes(32)
+        for dg, e in zip(digests, want, strict=True)
+    ]
+    assert rows.mid.tolist() == [message_hash(e.get("message_id")) for e in want]
+    assert [rows.scope_key(i, "domain_idx") for i in range(len(rows))] == [
+        "domain:" + e["recipient"].rpartition("@")[2].lower() for e in want
+    ]
+    provs = {rows.scope_key(i, "provider_idx") for i in range(len(rows))}
+    assert {"provider:google", "provider:yahoo", "provider:microsoft"} <= provs
+    assert "mx:mimecast" in {rows.scope_key(i, "mx_idx") for i in range(len(rows))}
+    assert int(rows.known_good.sum()) == kg > 0
+    assert set(rows.reason[rows.known_good].tolist()) == {REASON_CODE["userunknown"]}

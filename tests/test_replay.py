@@ -132,6 +132,7 @@ def test_cli_gzip_merge_and_report(
     res = CliRunner().invoke(app, ["replay", str(a), str(b), "--report", str(report), "-q"])
     assert res.exit_code == 0, res.output
     out = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
+    out = [r for r in out if r["kind"] == "incident"]
     assert out and out[0]["type"] == "provider_outage" and out[0]["action"] == "opened"
     html = report.read_text()
     assert html.startswith("<!doctype html>") and "<svg" in html and "provider_outage" in html

@@ -77,8 +77,8 @@ def test_no_throttle_prints_incidents_only(
     f = tmp_path / "ev.jsonl"
     f.write_bytes(b"\n".join(lines) + b"\n")
     runner = CliRunner()
-    with_t = runner.invoke(app, ["replay", "-q", str(f)])
-    without = runner.invoke(app, ["replay", "-q", "--no-throttle", str(f)])
+    with_t = runner.invoke(app, ["replay", "-q", "--no-suppression", str(f)])
+    without = runner.invoke(app, ["replay", "-q", "--no-suppression", "--no-throttle", str(f)])
     assert with_t.exit_code == 0 and without.exit_code == 0, with_t.output + without.output
     kinds_with = {orjson.loads(ln)["kind"] for ln in with_t.stdout.splitlines()}
     kinds_without = {orjson.loads(ln)["kind"] for ln in without.stdout.splitlines()}
@@ -94,3 +94,34 @@ def test_a_bad_throttle_config_is_a_clear_error(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["replay", "-q", "--throttle-config", str(cfg), str(f)])
     assert res.exit_code == 2
     assert "t.toml" in res.output
+
+
+def test_replay_emits_suppression_records(
+    outage: tuple[list[bytes], Simulator], tmp_path: Path
+) -> None:
+    """`repmon replay` prints each recipient suppression change (docs/suppression.md, "Record")
+    by default, the same as driving the policy by hand over the same events; none with
+    --no-suppression."""
+    from models.act.suppression import Suppressor
+
+    lines, _ = outage
+    f = tmp_path / "ev.jsonl"
+    f.write_bytes(b"\n".join(lines) + b"\n")
+    runner = CliRunner()
+    res = runner.invoke(app, ["replay", "-q", "--no-throttle", str(f)])
+    off = runner.invoke(app, ["replay", "-q", "--no-throttle", "--no-suppression", str(f)])
+    assert res.exit_code == 0 and off.exit_code == 0, res.output + off.output
+    recs = [orjson.loads(ln) for ln in res.stdout.splitlines()]
+    sup = [r for r in recs if r["kind"] == "suppression"]
+    assert sup, "the outage scenario's hard bounces suppressed nobody"
+    for r in sup:
+        assert len(r["recipient_key"]) == 64 and int(r["recipient_key"], 16) >= 0
+        assert r["state"] in ("active", "suspended", "quarantined", "suppressed")
+        assert {"reason", "count", "until", "permanent", "incident"} <= set(r)
+    assert all(orjson.loads(ln)["kind"] != "suppression" for ln in off.stdout.splitlines())
+    # the same records as the library loop with a Suppressor
+    out = io.BytesIO()
+    mon = Monitor()
+    replay_lines(lines, mon, Pipeline(loads=orjson.loads), out=out, suppressor=Suppressor())
+    lib = [orjson.loads(ln) for ln in out.getvalue().splitlines()]
+    assert [r for r in lib if r["kind"] == "suppression"] == sup

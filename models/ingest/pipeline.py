@@ -33,6 +33,7 @@ from numpy.typing import NDArray
 from models.ingest.aggregate import Columns, aggregate
 from models.ingest.providers import ProviderResolver
 from models.ingest.recent import RecentDeliveries, RecentKeys
+from models.ingest.recipients import KEY_DTYPE, RECIPIENT_KINDS, RecipientRows
 from models.ingest.replies import (
     REPLIES_PER_SCOPE,
     ClassificationLike,
@@ -61,7 +62,7 @@ from models.ingest.validate import (
     reply_enhanced_code,
     too_large,
 )
-from models.schema import EVENT_KIND_CODE, NO_CLASS, NO_REASON
+from models.schema import EVENT_KIND_CODE, NO_CLASS, NO_REASON, SCOPE_KINDS
 from models.state.bloom import RotatingBloom
 from models.state.deltas import Deltas
 from models.state.snapshot import Snap
@@ -93,8 +94,19 @@ BATCH_ROWS = 512
 _REPLY_KIND_CODES = frozenset(
     {EVENT_KIND_CODE["deferred"], EVENT_KIND_CODE["bounced"], EVENT_KIND_CODE["rejected"]}
 )
-#: event kinds whose recipient key the known-good memory needs
-_HASHED_KINDS = frozenset({EVENT_KIND_CODE["delivered"], *_REPLY_KIND_CODES})
+#: event kinds that can change what is known of a recipient (suppression, docs/suppression.md):
+#: their rows keep the whole recipient key
+_KEYED_KINDS = frozenset(
+    EVENT_KIND_CODE[k] for k in ("bounced", "rejected", "complained", "unsubscribed")
+)
+#: event kinds whose recipient identity the known-good memory and the suppression need
+_HASHED_KINDS = frozenset({EVENT_KIND_CODE["delivered"], *_REPLY_KIND_CODES, *_KEYED_KINDS})
+#: which event kinds go into RecipientRows (indexed by kind code)
+_RECIPIENT_KIND_TABLE = np.zeros(256, dtype=np.bool_)
+_RECIPIENT_KIND_TABLE[sorted(RECIPIENT_KINDS)] = True
+#: RecipientRows' scope columns and their dimensions (models.schema.SCOPE_KINDS)
+_RECIPIENT_SCOPES = ("domain", "mx", "provider", "ip", "pool", "sender")
+_RECIPIENT_SCOPE_DIMS = tuple(SCOPE_KINDS.index(k) for k in _RECIPIENT_SCOPES)
 #: marks an undecodable message in a batch
 _BAD: Any = object()
 _DIGEST = methodcaller("digest")
@@ -134,6 +146,9 @@ class _Batch:
     dkey: list[Any] | None
     #: rows whose recipient_domain disagreed with the recipient
     mismatch: list[int]
+    #: the recipient's 32-byte SHA-256 on rows that can change its suppression state
+    #: (``_KEYED_KINDS``), else b""
+    rdig: list[bytes]
 
 
 #: distinct reply texts whose stable hash is cached
@@ -185,6 +200,8 @@ class Pipeline:
     they were delivered in before they go to the Bloom filter (docs/events.md);
     ``max_scopes``: the interned scope names and combinations held at most (the worker passes
     REPMON_MAX_SCOPES, the cap of the rolling state; docs/performance.md).
+    ``keep_recipients``: also keep, per flush, the rows the suppression policy reads
+    (:meth:`take_recipients`, models/ingest/recipients.py).
     """
 
     def __init__(
@@ -202,8 +219,11 @@ class Pipeline:
         dedupe_keys: int = 200_000,
         recent_deliveries: int = 1 << 19,
         max_scopes: int | None = None,
+        keep_recipients: bool = False,
     ) -> None:
         self.classifier = classifier if classifier is not None else _default_classifier()
+        #: collect the per-recipient rows of every flush (:meth:`take_recipients`)
+        self.keep_recipients = keep_recipients
         if normalize is None:
             from models.classify.classifier import normalize_reply
 
@@ -229,6 +249,7 @@ class Pipeline:
         self._replies = ReplyTable(self.classifier, normalize)
         self._cols = Columns()
         self._text_hashes = _TextHashes()
+        self._recipients: list[RecipientRows] = []
 
     # -- snapshots ---------------------------------------------------------------------------
 
@@ -474,8 +495,16 @@ class Pipeline:
                 rk = np.zeros(n, dtype=np.uint64)
                 rk[hashed] = keys
                 rkeys = rk.tolist()
+            # the whole key of the few rows a suppression decision is made on
+            rdig = [b""] * n
+            keyed_at = compress(
+                range(len(hashed)), map(_KEYED_KINDS.__contains__, map(kinds.__getitem__, hashed))
+            )
+            for i in keyed_at:
+                rdig[hashed[i]] = digests[32 * i : 32 * i + 32]
         else:
             rkeys = [0] * n
+            rdig = [b""] * n
         # classification of the replies (a few percent of events), with their context
         cls = [NO_CLASS] * n
         reason = [NO_REASON] * n
@@ -531,7 +560,7 @@ class Pipeline:
                     dkey[j] = h
                     mid[j] = m
         return _Batch(
-            kinds, ch.ts, cls, reason, rkeys, reply, combos, mid, dkey, ch.domain_mismatch
+            kinds, ch.ts, cls, reason, rkeys, reply, combos, mid, dkey, ch.domain_mismatch, rdig
         )
 
     def _append(self, b: _Batch, start: int, stop: int) -> None:
@@ -573,6 +602,7 @@ class Pipeline:
         c.reply.extend(b.reply[start:stop])
         c.combo.extend(b.combo[start:stop])
         c.mid.extend(b.mid[start:stop])
+        c.rdig.extend(b.rdig[start:stop])
         self.stats.accepted += stop - start
         by_kind = self.stats.by_kind
         if stop - start <= 8:
@@ -586,6 +616,51 @@ class Pipeline:
             self.watermark = float(top)
 
     # -- per tick ----------------------------------------------------------------------------
+
+    def take_recipients(self) -> RecipientRows:
+        """The per-recipient rows (models/ingest/recipients.py) of the events flushed since the
+        last call, in feed order; empty unless the Pipeline was made with
+        ``keep_recipients=True``."""
+        rows = RecipientRows.concat(self._recipients)
+        self._recipients = []
+        return rows
+
+    def _recipient_rows(self, c: Columns, known_good: NDArray[np.bool_]) -> RecipientRows:
+        """The rows of ``c`` that matter to a recipient's suppression state: the kinds of
+        RECIPIENT_KINDS with a recipient."""
+        n = len(c.ts)
+        if n == 0:
+            return RecipientRows.empty()
+        kind = np.asarray(c.kind, dtype=np.uint8)
+        ident = np.asarray(c.rkey, dtype=np.uint64)
+        sel = np.flatnonzero(_RECIPIENT_KIND_TABLE[kind] & (ident != 0))
+        if sel.size == 0:
+            return RecipientRows.empty()
+        idx = sel.tolist()
+        combo = np.asarray(c.combo, dtype=np.int64)[sel]
+        ids = self._scopes.combo_array()[combo][:, list(_RECIPIENT_SCOPE_DIMS)]
+        used, inv = np.unique(ids, return_inverse=True)
+        inv = inv.reshape(ids.shape)
+        names = self._scopes.names
+        keys = [names[int(u)] for u in used if u >= 0]
+        shift = 1 if used.size and used[0] < 0 else 0  # -1 (absent) sorts first
+        local = (inv - shift).astype(np.int32)
+        local[ids < 0] = -1
+        return RecipientRows(
+            ts=np.asarray(c.ts, dtype=np.float64)[sel],
+            kind=kind[sel],
+            cls=np.asarray(c.cls, dtype=np.uint8)[sel],
+            reason=np.asarray(c.reason, dtype=np.uint8)[sel],
+            ident=ident[sel],
+            key=np.array([c.rdig[j] for j in idx], dtype=KEY_DTYPE),
+            mid=np.asarray(c.mid, dtype=np.int64)[sel].view(np.uint64),
+            known_good=np.asarray(known_good, dtype=np.bool_)[sel],
+            scope_keys=keys,
+            **{
+                f"{k}_idx": np.ascontiguousarray(local[:, i])
+                for i, k in enumerate(_RECIPIENT_SCOPES)
+            },
+        )
 
     def pending(self) -> int:
         return len(self._cols.ts)
@@ -610,6 +685,7 @@ class Pipeline:
             self._cols = c.split(max(0, upto))
             watermark = max(self._flushed_watermark, max(c.ts, default=0.0))
         self._flushed_watermark = watermark
+        kg: list[NDArray[np.bool_]] | None = [] if self.keep_recipients else None
         d = aggregate(
             c,
             bucket_s=self.bucket_s,
@@ -618,7 +694,10 @@ class Pipeline:
             bloom=self.bloom,
             recent=self.recent,
             watermark=watermark,
+            known_good_out=kg,
         )
+        if kg is not None:
+            self._recipients.append(self._recipient_rows(c, kg[0]))
         if c.ts and not self._cols.ts:
             # keep the interning tables bounded; safe only between ticks (nothing pending)
             self._replies.bound()

@@ -37,12 +37,16 @@ import orjson
 import typer
 
 from models.act.acting import Acting
+from models.act.suppression import Suppressor
+from models.act.suppression_config import SuppressionConfigError
+from models.act.suppression_config import load_config as load_suppression_config
 from models.act.throttle_config import ThrottleConfigError, load_config
 from models.act.throttle_record import ThrottleRecord
 from models.detect.config import DETECT_EVERY_S
 from models.detect.incidents import IncidentChange
 from models.detect.monitor import Monitor, MonitorConfig
 from models.ingest.pipeline import BATCH_ROWS, Pipeline, parse_timestamp
+from models.ingest.recipients import RecipientRows
 from models.state.deltas import Deltas
 from models.state.rolling import RollingConfig
 from models.state.watermark import PartitionClock
@@ -78,6 +82,7 @@ class ReplayStats:
     seconds: float = 0.0
     throttle_records: int = 0
     last_throttle: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    suppression_records: Counter[str] = field(default_factory=Counter)
 
 
 def _advance(
@@ -88,16 +93,45 @@ def _advance(
     changes: list[IncidentChange] | None,
     out: IO[bytes] | None,
     timeline: Timeline | None = None,
-) -> None:
+) -> list[IncidentChange]:
     """One detector run (and the throttle's step when ``acting``), its output emitted; the
-    throttle's changes kept in ``timeline`` for the report."""
+    throttle's changes kept in ``timeline`` for the report. Returns the incident changes."""
     if acting is None:
-        _emit(monitor.advance(watermark), stats, changes, out)
-        return
+        found = monitor.advance(watermark)
+        _emit(found, stats, changes, out)
+        return found
     found, records = acting.advance(watermark)
     if timeline is not None:
         timeline.add_throttle(records)
     _emit(found, stats, changes, out, records)
+    return found
+
+
+def _suppress(
+    suppressor: Suppressor,
+    monitor: Monitor,
+    rows: RecipientRows,
+    found: Sequence[IncidentChange],
+    watermark: float,
+    stats: ReplayStats,
+    out: IO[bytes] | None,
+) -> None:
+    """The suppression policy's step after a detector run (docs/suppression.md, "Driving it"):
+    release what closed incidents held, the tick's recipient rows (open quarantining incidents
+    start holding), expired suspensions; each change as a ``kind=suppression`` line."""
+    got = []
+    for ch in found:
+        if ch.action == "closed":
+            got += suppressor.incident_closed(ch.incident, watermark)
+    got += suppressor.observe(rows, monitor.open_incidents())
+    got += suppressor.expire(watermark)
+    for c in got:
+        rec = suppressor.record(c)
+        stats.suppression_records[str(rec["state"])] += 1
+        if out is not None:
+            out.write(orjson.dumps(rec) + b"\n")
+    if out is not None and got:
+        out.flush()
 
 
 def _emit(
@@ -260,18 +294,25 @@ def replay_lines(
     timeline: Timeline | None = None,
     changes: list[IncidentChange] | None = None,
     acting: Acting | None = None,
+    suppressor: Suppressor | None = None,
 ) -> ReplayStats:
     """The replay loop (also used by tests and the bench): feed, tick, detect, emit; with
-    ``acting`` (the same Monitor and a throttle controller) the throttle records too."""
+    ``acting`` (the same Monitor and a throttle controller) the throttle records too; with
+    ``suppressor`` the suppression records (the Pipeline then keeps its recipient rows)."""
     stats = ReplayStats()
     t0 = time.perf_counter()
+    if suppressor is not None:
+        pipeline.keep_recipients = True
 
     def tick(d: Deltas, _boundary: float) -> None:
         monitor.add(d)
         if timeline is not None:
             timeline.add(d)
         stats.ticks += 1
-        _advance(monitor, acting, d.watermark, stats, changes, out, timeline)
+        found = _advance(monitor, acting, d.watermark, stats, changes, out, timeline)
+        if suppressor is not None:
+            rows = pipeline.take_recipients()
+            _suppress(suppressor, monitor, rows, found, d.watermark, stats, out)
 
     loop = TickLoop(pipeline, tick, tick_s, max_pending)
     loop.run(lines)
@@ -304,7 +345,7 @@ def _shard_worker(
 ) -> None:
     loop = TickLoop(
         pipeline,
-        lambda d, boundary: q.put(("d", shard, boundary, d)),
+        lambda d, boundary: q.put(("d", shard, boundary, (d, pipeline.take_recipients()))),
         tick_s,
         max_pending,
     )
@@ -323,6 +364,7 @@ def replay_parallel(
     changes: list[IncidentChange] | None = None,
     max_pending: int = 200_000,
     acting: Acting | None = None,
+    suppressor: Suppressor | None = None,
 ) -> ReplayStats:
     """Like :func:`replay_lines` with ``jobs`` Pipeline processes, each owning the recipients of
     one shard; their Deltas are additive and are merged per event-time tick into one Monitor."""
@@ -331,7 +373,7 @@ def replay_parallel(
     ctx = mp.get_context("fork")
     q = ctx.Queue(maxsize=256)
     # built once here (rule files parsed, regexes compiled); each forked process gets a copy
-    template = ingest_pipeline()
+    template = ingest_pipeline(keep_recipients=suppressor is not None)
     procs = [
         ctx.Process(
             target=_shard_worker,
@@ -351,13 +393,19 @@ def replay_parallel(
     buffered: dict[float, list[tuple[int, Any]]] = {}
 
     def run_tick(tagged: list[tuple[int, Any]]) -> None:
-        deltas = [d for _, d in sorted(tagged, key=lambda sd: sd[0])]
+        parts = [dr for _, dr in sorted(tagged, key=lambda sd: sd[0])]
+        deltas = [d for d, _ in parts]
         for d in deltas:
             monitor.add(d)
             if timeline is not None:
                 timeline.add(d)
         stats.ticks += 1
-        _advance(monitor, acting, max(d.watermark for d in deltas), stats, changes, out, timeline)
+        wm = max(d.watermark for d in deltas)
+        found = _advance(monitor, acting, wm, stats, changes, out, timeline)
+        if suppressor is not None:
+            # one recipient's rows are all in one shard: concatenating keeps their order
+            rows = RecipientRows.concat([r for _, r in parts])
+            _suppress(suppressor, monitor, rows, found, wm, stats, out)
 
     while live:
         msg = q.get()
@@ -438,9 +486,25 @@ def register(app: typer.Typer) -> None:
                 "default: $REPMON_THROTTLE_CONFIG",
             ),
         ] = None,
+        suppression: Annotated[
+            bool,
+            typer.Option(
+                "--suppression/--no-suppression",
+                help="also run the recipient suppression policy and print its records "
+                "(kind=suppression, docs/suppression.md)",
+            ),
+        ] = True,
+        suppression_config: Annotated[
+            Path | None,
+            typer.Option(
+                "--suppression-config",
+                help="suppression policy TOML over the defaults (docs/suppression.md); "
+                "default: $REPMON_SUPPRESSION_CONFIG",
+            ),
+        ] = None,
     ) -> None:
-        """Replay canonical events through the models; incidents (and throttle decisions) as
-        JSON lines on stdout."""
+        """Replay canonical events through the models; incidents, throttle decisions and
+        recipient suppression changes as JSON lines on stdout."""
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
         from rich.table import Table
@@ -456,6 +520,13 @@ def register(app: typer.Typer) -> None:
             try:
                 acting = Acting(mon, config=load_config(cfg_path))
             except ThrottleConfigError as exc:
+                raise typer.BadParameter(str(exc)) from exc
+        sup = None
+        if suppression:
+            scfg = suppression_config or os.environ.get("REPMON_SUPPRESSION_CONFIG") or None
+            try:
+                sup = Suppressor(load_suppression_config(scfg))
+            except SuppressionConfigError as exc:
                 raise typer.BadParameter(str(exc)) from exc
         pipe = ingest_pipeline()
         timeline = Timeline() if report else None
@@ -473,7 +544,7 @@ def register(app: typer.Typer) -> None:
                 raise typer.BadParameter("--format reads the files in one process: use --jobs 1")
             stats = replay_lines(
                 canonical_lines(files, fmt, parser_config), mon, pipe, tick, out=out,
-                timeline=timeline, changes=changes, acting=acting,
+                timeline=timeline, changes=changes, acting=acting, suppressor=sup,
             )  # fmt: skip
         elif jobs > 1:
             if "-" in [str(f) for f in files]:
@@ -481,19 +552,20 @@ def register(app: typer.Typer) -> None:
             if not quiet:
                 err.print(f"replay: {jobs} ingest processes ...")
             stats = replay_parallel(
-                files, mon, jobs, tick, out=out, timeline=timeline, changes=changes, acting=acting
-            )
+                files, mon, jobs, tick, out=out, timeline=timeline, changes=changes,
+                acting=acting, suppressor=sup,
+            )  # fmt: skip
         elif progress is not None:
             with progress:
                 task = progress.add_task("replay", total=total)
                 stats = replay_lines(
                     _lines(files, progress, task), mon, pipe, tick, out=out,
-                    timeline=timeline, changes=changes, acting=acting,
+                    timeline=timeline, changes=changes, acting=acting, suppressor=sup,
                 )  # fmt: skip
         else:
             stats = replay_lines(
                 _lines(files, None, None), mon, pipe, tick, out=out,
-                timeline=timeline, changes=changes, acting=acting,
+                timeline=timeline, changes=changes, acting=acting, suppressor=sup,
             )  # fmt: skip
         if report is not None and timeline is not None:
             incidents: dict[str, dict[str, Any]] = {}
@@ -534,6 +606,16 @@ def register(app: typer.Typer) -> None:
                 "throttle decisions",
                 f"{stats.throttle_records:,} records, "
                 f"{len(acting.controller.decisions())} scopes restricted at the end",
+            )
+        if sup is not None:
+            sm = sup.metrics()
+            t.add_row(
+                "suppression changes (to state)",
+                ", ".join(f"{k}: {v:,}" for k, v in sorted(stats.suppression_records.items()))
+                or "none",
+            )
+            t.add_row(
+                "quarantine", f"{sm['held_recipients']:,} held by {sm['held_incidents']} incidents"
             )
         if report is not None:
             t.add_row("report", str(report))
