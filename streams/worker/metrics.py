@@ -331,6 +331,9 @@ class Metrics:
         for state in STATES:
             for reason in REASONS:
                 self.throttle_records.labels(state, reason)
+        for kind in ("owner", "ingest"):  # take-overs after this process's first scrape show
+            for result in ("restored", "cold", "failed"):
+                self.restores.labels(kind, result)
 
     def provider_label(self, name: str) -> str:
         return name if name in self.providers else OTHER
