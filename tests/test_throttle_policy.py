@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -24,8 +23,11 @@ from models.act.throttle_config import (
     default_config,
     load_config,
     loads_config,
+    max_ramp_s,
     parse_config,
     provider_of,
+    ramp_factor,
+    ramp_steps,
     scope_kind_of,
 )
 from models.act.throttle_record import (
@@ -121,7 +123,7 @@ def reversals(records: list[ThrottleRecord], scope: str) -> int:
 IP_G = "ip:203.0.113.6|provider:google"
 CASES: list[dict[str, Any]] = [
     {
-        "id": "outage: cut, persist, pause at the floor, ramp back while open",
+        "id": "outage: cut, persist, pause at the floor, ramp back (doubling) while open",
         "incidents": {"o": ("provider_outage", "provider:yahoo", "critical")},
         "script": [
             (0, "open", "o", 0.6),
@@ -136,12 +138,11 @@ CASES: list[dict[str, Any]] = [
             (6, "paused", 0.05, "persists"),
             (21, "recovering", 0.25, "healthy"),
             (23, "recovering", 0.5, "ramp"),
-            (25, "recovering", 0.75, "ramp"),
-            (27, "normal", 1.0, "recovered"),
+            (25, "normal", 1.0, "recovered"),
         ],
     },
     {
-        "id": "rate limit: proportional cut, no cut while improving, slow ramp",
+        "id": "rate limit: proportional cut, no cut while improving, first test at retest_after_s",
         "incidents": {"r": ("rate_limited", IP_G, "warning")},
         "script": [
             (0, "open", "r", 0.4),
@@ -153,13 +154,52 @@ CASES: list[dict[str, Any]] = [
         "expect": [
             (0, "throttled", 0.5, "opened"),
             (5, "throttled", 0.3, "persists"),
-            (16, "recovering", 0.4, "healthy"),
-            (19, "recovering", 0.5, "ramp"),
-            (22, "recovering", 0.6, "ramp"),
-            (25, "recovering", 0.7, "ramp"),
-            (28, "recovering", 0.8, "ramp"),
-            (31, "recovering", 0.9, "ramp"),
-            (34, "normal", 1.0, "recovered"),
+            (20, "recovering", 0.45, "healthy"),
+            (25, "recovering", 0.675, "ramp"),
+            (30, "normal", 1.0, "recovered"),
+        ],
+    },
+    {
+        "id": "rate limit: a rate that stops falling while hot is cut in the next period",
+        "incidents": {"r": ("rate_limited", IP_G, "warning")},
+        "script": [(0, "open", "r", 0.4), (1, "hot", "r", 0.4), (6, "hot", "r", 0.2)],
+        "horizon": 16,
+        "expect": [
+            (0, "throttled", 0.5, "opened"),
+            (5, "throttled", 0.3, "persists"),
+            (15, "throttled", 0.21, "persists"),
+        ],
+    },
+    {
+        "id": "rate limit: a failed test steps back to the last good factor, not the bottom",
+        "incidents": {"r": ("rate_limited", IP_G, "warning")},
+        "script": [(0, "open", "r", 0.7), (2, "cold", "r", 0.0), (27, "hot", "r", 0.3)],
+        "horizon": 30,
+        "expect": [
+            (0, "throttled", 0.3, "opened"),
+            (20, "recovering", 0.45, "healthy"),
+            (25, "recovering", 0.675, "ramp"),
+            (27, "throttled", 0.45, "relapse"),
+        ],
+    },
+    {
+        "id": "rate limit: the next test waits 2 x retest_after_s from the failed one, close or not",
+        "incidents": {"r": ("rate_limited", IP_G, "warning")},
+        "script": [
+            (0, "open", "r", 0.5),
+            (3, "cold", "r", 0.0),
+            (22, "hot", "r", 0.3),
+            (23, "cold", "r", 0.0),
+            (40, "close", "r", None),
+        ],
+        "horizon": 70,
+        "expect": [
+            (0, "throttled", 0.5, "opened"),
+            (20, "recovering", 0.75, "healthy"),
+            (22, "throttled", 0.5, "relapse"),
+            (42, "throttled", 0.5, "relapse"),
+            (60, "recovering", 0.75, "closed"),
+            (65, "normal", 1.0, "recovered"),
         ],
     },
     {
@@ -177,16 +217,37 @@ CASES: list[dict[str, Any]] = [
         "expect": [(0, "throttled", 0.5, "opened"), (5, "throttled", 0.35, "persists")],
     },
     {
-        "id": "block: pause with probes, refreshed, slow ramp after it closes",
+        "id": "block: paused, probes refused but too few to be hot: no ramp; clean: ramp",
         "incidents": {"b": ("block", "ip:192.0.2.12", "critical")},
-        "script": [(0, "open", "b", None), (20, "cold", "b", None), (25, "close", "b", None)],
-        "horizon": 75,
+        "script": [(0, "open", "b", None), (20, "cold", "b", 1.0), (30, "cold", "b", 0.0)],
+        "horizon": 45,
         "expect": [
             (0, "paused", 0.02, "opened"),
             (20, "paused", 0.02, "opened"),
-            (25, "recovering", 0.1, "closed"),
-            *[(25 + 5 * k, "recovering", round(0.1 + 0.1 * k, 6), "ramp") for k in range(1, 9)],
-            (70, "normal", 1.0, "recovered"),
+            (31, "recovering", 0.2, "healthy"),
+            (33, "recovering", 0.4, "ramp"),
+            (35, "recovering", 0.8, "ramp"),
+            (37, "normal", 1.0, "recovered"),
+        ],
+    },
+    {
+        "id": "block: a relapse while ramping pauses again; the next ramp after hold_s",
+        "incidents": {"b": ("block", "ip:192.0.2.12", "critical")},
+        "script": [
+            (0, "open", "b", None),
+            (12, "cold", "b", 0.0),
+            (15, "hot", "b", 1.0),
+            (16, "cold", "b", 0.0),
+        ],
+        "horizon": 35,
+        "expect": [
+            (0, "paused", 0.02, "opened"),
+            (13, "recovering", 0.2, "healthy"),
+            (15, "paused", 0.02, "relapse"),
+            (25, "recovering", 0.2, "healthy"),
+            (27, "recovering", 0.4, "ramp"),
+            (29, "recovering", 0.8, "ramp"),
+            (31, "normal", 1.0, "recovered"),
         ],
     },
     {
@@ -241,6 +302,31 @@ CASES: list[dict[str, Any]] = [
     },
     {
         "id": "flapping: relapses back off, then the ramp waits for the close",
+        "incidents": {"o": ("provider_outage", "provider:yahoo", "warning")},
+        "script": [
+            (0, "open", "o", None),
+            (2, "cold", "o", None),
+            (8, "hot", "o", None),
+            (9, "cold", "o", None),
+            (16, "hot", "o", None),
+            (17, "cold", "o", None),
+            (30, "close", "o", None),
+        ],
+        "horizon": 35,
+        "expect": [
+            (0, "throttled", 0.25, "opened"),
+            (3, "recovering", 0.5, "healthy"),
+            (5, "normal", 1.0, "recovered"),
+            (8, "throttled", 0.25, "relapse"),
+            (12, "recovering", 0.5, "healthy"),
+            (14, "normal", 1.0, "recovered"),
+            (16, "throttled", 0.25, "relapse"),
+            (30, "recovering", 0.5, "closed"),
+            (32, "normal", 1.0, "recovered"),
+        ],
+    },
+    {
+        "id": "flapping rate limit: tests every retest_after_s x 2^reversals, back to last good",
         "incidents": {"r": ("rate_limited", "pool:shared-2|provider:yahoo", "warning")},
         "script": [
             (0, "open", "r", None),
@@ -255,18 +341,14 @@ CASES: list[dict[str, Any]] = [
         "expect": [
             (0, "throttled", 0.5, "opened"),
             (5, "throttled", 0.35, "persists"),
-            (10, "recovering", 0.45, "healthy"),
-            (13, "recovering", 0.55, "ramp"),
-            (14, "throttled", 0.5, "relapse"),
-            (24, "recovering", 0.6, "healthy"),
-            (27, "recovering", 0.7, "ramp"),
-            (30, "throttled", 0.5, "relapse"),
-            (50, "throttled", 0.5, "relapse"),
-            (60, "recovering", 0.6, "closed"),
-            (63, "recovering", 0.7, "ramp"),
-            (66, "recovering", 0.8, "ramp"),
-            (69, "recovering", 0.9, "ramp"),
-            (72, "normal", 1.0, "recovered"),
+            (14, "throttled", 0.245, "persists"),
+            (20, "recovering", 0.3675, "healthy"),
+            (25, "recovering", 0.55125, "ramp"),
+            (30, "throttled", 0.3675, "relapse"),
+            (50, "throttled", 0.3675, "relapse"),
+            (60, "recovering", 0.55125, "closed"),
+            (65, "recovering", 0.826875, "ramp"),
+            (70, "normal", 1.0, "recovered"),
         ],
     },
     {
@@ -285,13 +367,13 @@ CASES: list[dict[str, Any]] = [
             (10, "close", "b", None),
             (10, "cold", "r", None),
         ],
-        "horizon": 18,
+        "horizon": 26,
         "expect": [
             (0, "throttled", 0.5, "opened"),
             (2, "paused", 0.02, "opened"),
             (10, "paused", 0.02, "closed"),
-            (14, "recovering", 0.3, "healthy"),
-            (17, "recovering", 0.4, "ramp"),
+            (20, "recovering", 0.3, "healthy"),
+            (25, "recovering", 0.45, "ramp"),
         ],
     },
 ]
@@ -364,7 +446,7 @@ def test_observation_adopts_an_open_incident_and_stale_ones_end() -> None:
     # re-issued (refresh) after refresh_s, then treated as closed after stale_s, then ramped
     assert reasons[:2] == ["opened", "stale"] and ctl.live == {}
     p = default_config().params("block", "ip:192.0.2.9")
-    assert t <= T0 + stale_s + MIN + math.ceil(1 / p.ramp_step) * p.ramp_every_s
+    assert t <= T0 + stale_s + MIN + max_ramp_s(p)
     d = ctl.decision("ip:192.0.2.9")  # remembered (normal) for the relapse window
     assert d is not None and d.state == "normal"
     ctl.step(t + default_config().globals.relapse_window_s)
@@ -501,10 +583,11 @@ def test_factor_stays_within_bounds_and_closed_means_normal_soon(script: Any) ->
     # every live decision is current after a step
     assert all(r.expires_at > t for r in run.ctl.decisions().values())
     assert run.ctl.decisions(t) == run.ctl.live
-    # close everything: each scope is back to normal within hold + a full ramp (+ one tick)
+    # close everything: each scope is back to normal within the longer of hold_s and the
+    # longest retest wait, then a full ramp (+ one tick)
     cfg = run.ctl.config
     bound = max(
-        p.hold_s + math.ceil(1.0 / p.ramp_step) * p.ramp_every_s
+        max(p.hold_s, p.retest_max_s) + max_ramp_s(p)
         for type_, scope in incs
         for p in [cfg.params(type_, scope)]
     ) + (gap * MIN)
@@ -555,6 +638,103 @@ def test_flapping_signal_reverses_at_most_max_reversals(
     assert reversals(run.records, inc[1]) <= p.max_reversals
 
 
+def _moves(run: Run, scope: str) -> list[tuple[ThrottleRecord, ThrottleRecord]]:
+    """(previous, record) for each record of ``scope`` that changed its factor."""
+    out, prev = [], None
+    for r in run.records:
+        if r.scope != scope:
+            continue
+        if prev is not None and abs(r.rate_factor - prev.rate_factor) > 1e-9:
+            out.append((prev, r))
+        prev = r
+    return out
+
+
+RATE_SCOPES = SCOPES["rate_limited"]
+# a rate limit that comes and goes: hot for 1-10 min (at a rate), cold for 1-90 min, and
+# maybe closed (after the detector's 15 quiet minutes) to reopen at the next hot spell
+rate_flaps = st.lists(
+    st.tuples(
+        st.integers(1, 10), st.integers(1, 90), st.one_of(st.none(), st.floats(0, 1)), st.booleans()
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+def flap_rate_limit(scope: str, flaps: list[tuple[int, int, float | None, bool]]) -> Run:
+    run = Run()
+    t = T0
+    run.open(t, "x", "rate_limited", scope, rate=flaps[0][2])
+    run.tick(t)
+    for hot_min, cold_min, rate, close in flaps:
+        if "x" not in run.incidents:
+            run.open(t, "x", "rate_limited", scope, rate=rate)
+        for hot, n in ((True, hot_min), (False, cold_min)):
+            run.hot["x"], run.rate["x"] = hot, (rate if hot else 0.0)
+            for k in range(n):
+                t += MIN
+                if close and not hot and k == 15 and "x" in run.incidents:
+                    run.close(t, "x")
+                run.tick(t)
+    return run
+
+
+@SETTINGS
+@given(st.sampled_from(RATE_SCOPES), rate_flaps)
+def test_rate_limit_relapse_returns_to_the_last_good_factor(
+    scope: str, flaps: list[tuple[int, int, float | None, bool]]
+) -> None:
+    """A rate limit that comes back while ramping (or just after) sends the factor back to
+    where the ramp's last step came from (never below min_factor), not to the bottom."""
+    run = flap_rate_limit(scope, flaps)
+    p = run.ctl.config.params("rate_limited", scope)
+    before_up: float | None = None  # the factor before the last increase
+    recs = [r for r in run.records if r.scope == scope]
+    for prev, r in itertools.pairwise(recs):
+        if r.rate_factor > prev.rate_factor + 1e-9:
+            before_up = prev.rate_factor
+        elif (
+            r.rate_factor < prev.rate_factor - 1e-9
+            and prev.state in ("recovering", "normal")
+            and r.reason in ("relapse", "critical")
+        ):
+            assert before_up is not None
+            assert r.rate_factor == pytest.approx(max(p.min_factor, before_up)), (prev, r)
+
+
+@SETTINGS
+@given(st.sampled_from(RATE_SCOPES), rate_flaps)
+def test_rate_limit_tests_are_spaced_by_the_retest_schedule(
+    scope: str, flaps: list[tuple[int, int, float | None, bool]]
+) -> None:
+    """A ramp (a test of whether the limit is gone) starts no earlier than retest_after_s after
+    the episode's first cut, and after a failed one no earlier than retest_after_s x
+    flap_backoff^reversals after that one started, whether or not the incident closed."""
+    run = flap_rate_limit(scope, flaps)
+    p = run.ctl.config.params("rate_limited", scope)
+    first_cut: float | None = None
+    last_test: float | None = None
+    reversals = 0
+    recs = [r for r in run.records if r.scope == scope]
+    for prev, r in zip([None, *recs], recs, strict=False):
+        if abs(r.rate_factor - (1.0 if prev is None else prev.rate_factor)) <= 1e-9:
+            continue  # a refresh
+        if prev is None or (prev.state == "normal" and r.reason == "opened"):
+            # an episode starts (a scope forgotten after relapse_window_s opens afresh; one
+            # remembered relapses)
+            first_cut, last_test, reversals = r.at, None, 0
+        elif r.rate_factor > prev.rate_factor and prev.state in ("throttled", "paused"):
+            assert first_cut is not None
+            assert r.at >= first_cut + p.retest_after_s - 1e-6, (prev, r)
+            if last_test is not None and reversals:
+                wait = min(p.retest_max_s, p.retest_after_s * p.flap_backoff**reversals)
+                assert r.at >= last_test + wait - 1e-6, (prev, r, reversals)
+            last_test = r.at
+        elif r.rate_factor < prev.rate_factor and prev.state in ("recovering", "normal"):
+            reversals += 1
+
+
 @SETTINGS
 @given(scripts(multi=True), st.lists(st.integers(1, 400), min_size=1, max_size=20))
 def test_expiry_is_honoured_with_sparse_steps(script: Any, gaps: list[int]) -> None:
@@ -599,6 +779,66 @@ def test_snapshot_restore_continues_identically(script: Any, cut: int) -> None:
             run.tick(t)
     assert a.records[n:] == b.records == c.records
     assert a.ctl.state() == b.ctl.state() == c.ctl.state()
+
+
+def test_restore_reads_a_state_written_before_last_good_and_retests() -> None:
+    """A state without ``good``, ``last_unclean``, ``last_check``, ``next_test`` and
+    ``tested_at`` (written by the version before them) is read as a controller that never
+    knew them: no last good factor, no test due, the cold time from the last hot run."""
+    run2 = Run()
+    run2.open(T0, "r", "rate_limited", IP_G, rate=0.4)
+    run2.tick(T0)
+    state = json.loads(json.dumps(run2.ctl.state()))
+    for sc in state["scopes"]:
+        for key in ("good", "last_unclean", "last_check", "next_test", "tested_at"):
+            del sc[key]
+    old = ThrottleController.from_state(state)
+    new = ThrottleController.from_state(json.loads(json.dumps(run2.ctl.state())))
+    assert old.live == new.live
+    # the old one has no test scheduled: it ramps after hold_s and recover_after_s of cold
+    for ctl in (old, new):
+        out: list[ThrottleRecord] = []
+        for m in range(1, 40):
+            obs = [Observation(run2.incidents["r"].id, "rate_limited", IP_G, hot=m < 2, rate=0.0)]
+            out += ctl.step(T0 + m * MIN, (), obs)
+        first_ramp = next(r for r in out if r.state == "recovering")
+        p = default_config().params("rate_limited", IP_G)
+        want = p.retest_after_s if ctl is new else max(p.hold_s, MIN + p.recover_after_s)
+        assert first_ramp.at - T0 == want
+
+
+RAMP_CASES = [
+    # (ramp_multiplier, ramp_step, start, factors after 1, 2, 3 steps, steps to normal)
+    (1.0, 0.25, 0.25, (0.5, 0.75, 1.0), 3),
+    (2.0, 0.25, 0.25, (0.5, 1.0, 1.0), 2),
+    (1.5, 0.1, 0.5, (0.75, 1.0, 1.0), 2),
+    (1.5, 0.1, 0.1, (0.2, 0.3, 0.45), 5),  # the additive step wins while f x 1.5 is smaller
+    (2.0, 0.1, 0.02, (0.12, 0.24, 0.48), 5),  # 0.96 is one step short of 1
+]
+
+
+@pytest.mark.parametrize(("mult", "step", "start", "after", "steps"), RAMP_CASES)
+def test_ramp_steps_take_the_larger_of_multiplicative_and_additive(
+    mult: float, step: float, start: float, after: tuple[float, ...], steps: int
+) -> None:
+    p = loads_config(
+        f"[types.rate_limited]\nramp_multiplier = {mult}\nramp_step = {step}\n"
+    ).params("rate_limited", IP_G)
+    assert [round(ramp_factor(p, start, k), 6) for k in (1, 2, 3)] == list(after)
+    assert ramp_factor(p, start, 0) == start and ramp_factor(p, start, 1000) == 1.0
+    assert ramp_steps(p, start) == steps
+    assert ramp_factor(p, start, steps) == 1.0 and ramp_factor(p, start, steps - 1) < 1.0
+
+
+def test_max_ramp_s_bounds_every_ramp() -> None:
+    """From a pause (ramp_start) or one step above min_factor, the ramp never takes longer."""
+    cfg = default_config()
+    for t, s in itertools.product(TYPES, [s for ss in SCOPES.values() for s in ss]):
+        p = cfg.params(t, s)
+        if p.action == "none":
+            continue
+        for start in (p.ramp_start, ramp_factor(p, p.min_factor, 1), 0.99):
+            assert ramp_steps(p, start) * p.ramp_every_s <= max_ramp_s(p)
 
 
 def test_restore_refuses_other_formats() -> None:
@@ -803,6 +1043,13 @@ BAD_CONFIGS = [
     ("[types.rate_limited]\nmin_factor = 0.4\n", "min_factor: must be at most critical"),
     ("[types.block]\nprobe_share = 0.2\n", "probe_share: must be at most min_factor"),
     ("[types.block]\nramp_start = 0.05\n", "ramp_start: must be at least min_factor"),
+    ("[types.rate_limited]\nramp_step = 0.001\n", "ramp_step: must be in [0.01, 1]"),
+    ("[types.rate_limited]\nramp_multiplier = 0.5\n", "ramp_multiplier: must be in [1, 10]"),
+    ("[types.rate_limited]\nclean_rate = 1.5\n", "clean_rate: must be in [0, 1]"),
+    ("[types.rate_limited]\nretest_after_s = -1\n", "retest_after_s: must be in [0"),
+    ("[types.rate_limited]\nretest_max_s = 600\n", "retest_max_s: must be at least retest_after"),
+    ("[types.rate_limited]\nrelapse_to = 'bottom'\n", "relapse_to: must be one of last_good"),
+    ("[types.block]\nrelapse_to = 'last_good'\n", "types.block.relapse_to: must be open for a"),
     ("[types.block.kinds.planet]\nopen_factor = 0.5\n", "types.block.kinds.planet: unknown scope"),
     ("[types.block]\nkinds = 3\n", "types.block.kinds: must be a table"),
     ("[providers.google.blok]\nopen_factor = 0.5\n", "providers.google.blok: unknown incident"),

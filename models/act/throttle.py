@@ -18,16 +18,24 @@ Per scope the states are ``normal -> throttled -> paused -> recovering -> normal
   ``throttle`` types to ``open_factor`` (``critical_open_factor`` when critical; with
   ``proportional`` to at most ``1 - rate``);
 * while a throttled scope's signal is hot and persists (its rate not below ``persist_ratio`` of
-  the rate at the last decrease) the factor is multiplied by ``decrease`` every
-  ``decrease_every_s``; a rate ``worsen_ratio`` times higher decreases it at once; at
+  the rate at the start of the period: the last decrease, or the last period that found it
+  improving) the factor is multiplied by ``decrease`` every ``decrease_every_s``; a rate ``worsen_ratio`` times higher decreases it at once; at
   ``min_factor`` the next decrease pauses (``pause_at_floor``) or holds;
 * the ramp back starts when every incident on the scope closed (or, for types with
-  ``ramp_while_open``, after the signal was cold for ``recover_after_s``), at least ``hold_s``
-  after the last decrease: ``ramp_start`` out of a pause, one ``ramp_step`` up out of a throttle,
-  then ``ramp_step`` every ``ramp_every_s`` until normal;
-* a hot signal (or a reopened incident) while ramping tightens again: a *reversal*. Each reversal
-  of an episode multiplies ``recover_after_s`` by ``flap_backoff``; after ``max_reversals`` the
-  ramp waits for the incidents to close. A scope back to normal remembers its reversals for
+  ``ramp_while_open``, after the signal was cold and clean -- its rate at most ``clean_rate`` --
+  for ``recover_after_s``), at least ``hold_s`` after the last decrease: ``ramp_start`` out of a
+  pause, one step up out of a throttle, then one step every ``ramp_every_s`` until normal, a step
+  being ``f -> max(f * ramp_multiplier, f + ramp_step)`` (doubling, like slow start, or additive);
+* a signal that depends on our rate (a rate limit: cold whenever we send below the hidden limit,
+  so neither the cold signal nor the incident's close shows the limit is gone) is *tested* on a
+  schedule: with ``retest_after_s``, no ramp before that long after the episode's first cut, and
+  after a failed ramp none before ``retest_after_s * flap_backoff**reversals`` (at most
+  ``retest_max_s``) after its start;
+* a hot signal (or a reopened incident) while ramping tightens again: a *reversal*, back to the
+  opening decision (``relapse_to = "open"``: an outage, a block) or to the *last good factor*,
+  the ramp's previous step (``"last_good"``: a rate limit). Each reversal of an episode
+  multiplies ``recover_after_s`` by ``flap_backoff``; after ``max_reversals`` the ramp waits for
+  the incidents to close. A scope back to normal remembers its reversals for
   ``relapse_window_s``;
 * every live decision expires ``expire_s`` after it was issued and is re-issued every
   ``refresh_s``; an open incident not observed for ``stale_s`` counts as closed.
@@ -40,7 +48,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from models.act.throttle_config import ThrottleConfig, TypeParams, default_config
+from models.act.throttle_config import (
+    ThrottleConfig,
+    TypeParams,
+    default_config,
+    ramp_factor,
+    retest_wait_s,
+)
 from models.act.throttle_record import ThrottleRecord
 from models.detect.incidents import Incident, IncidentChange
 from models.state.snapshot import Snap, SnapshotError
@@ -155,8 +169,20 @@ class _Scope:
     drivers: dict[str, _Driver] = field(default_factory=dict)
     last_decrease: float = -math.inf
     last_hot: float = -math.inf
+    #: last run at which the signal was hot or not clean (rate above ``clean_rate``)
+    last_unclean: float = -math.inf
+    #: start of the current period of the "persists" test (a decrease, or a due test that
+    #: found the signal improving: the rates are then compared with that run's)
+    last_check: float = -math.inf
+    #: ``retest_after_s``: no ramp before this time; start of the last ramp
+    next_test: float = -math.inf
+    tested_at: float = -math.inf
     ramp_t0: float | None = None
     ramp_base: float = 0.0
+    #: the last factor known to keep the signal cold: the factor a ramp started from (held cold
+    #: for the dwell), then the factor of the ramp's previous step; after a cut, the new factor
+    #: (a relapse of a ``last_good`` type goes back to it)
+    good: float = 0.0
     reversals: int = 0
     #: tightened at least once (a later tightening after a ramp is a reversal)
     episode: bool = False
@@ -193,8 +219,13 @@ class _Scope:
             "drivers": [d.state() for d in self.drivers.values()],
             "last_decrease": None if self.last_decrease == -math.inf else self.last_decrease,
             "last_hot": None if self.last_hot == -math.inf else self.last_hot,
+            "last_unclean": None if self.last_unclean == -math.inf else self.last_unclean,
+            "last_check": None if self.last_check == -math.inf else self.last_check,
+            "next_test": None if self.next_test == -math.inf else self.next_test,
+            "tested_at": None if self.tested_at == -math.inf else self.tested_at,
             "ramp_t0": self.ramp_t0,
             "ramp_base": self.ramp_base,
+            "good": self.good,
             "reversals": self.reversals,
             "episode": self.episode,
             "normal_since": self.normal_since,
@@ -206,6 +237,9 @@ class _Scope:
     def from_state(cls, d: dict[str, Any]) -> _Scope:
         drivers = [_Driver.from_state(x) for x in d["drivers"]]
         ld, lh = d["last_decrease"], d["last_hot"]
+        # absent from states written before they existed: as a controller without them
+        lu, lc = d.get("last_unclean", lh), d.get("last_check")
+        nt, ta = d.get("next_test"), d.get("tested_at")
         return cls(
             scope=str(d["scope"]),
             state=str(d["state"]),
@@ -218,8 +252,14 @@ class _Scope:
             drivers={x.id: x for x in drivers},
             last_decrease=-math.inf if ld is None else float(ld),
             last_hot=-math.inf if lh is None else float(lh),
+            last_unclean=-math.inf if lu is None else float(lu),
+            last_check=-math.inf if lc is None else float(lc),
+            next_test=-math.inf if nt is None else float(nt),
+            tested_at=-math.inf if ta is None else float(ta),
             ramp_t0=_opt_float(d["ramp_t0"]),
             ramp_base=float(d["ramp_base"]),
+            # absent from states written before last_good existed: unknown, as for a new episode
+            good=float(d.get("good", 0.0)),
             reversals=int(d["reversals"]),
             episode=bool(d["episode"]),
             normal_since=_opt_float(d["normal_since"]),
@@ -302,6 +342,10 @@ class ThrottleController:
             if ob.hot:
                 hot_ids.add(drv.id)
                 sc.last_hot = now
+            if ob.hot or (
+                drv.rate is not None and drv.rate > self._p(drv.type, sc.scope).clean_rate
+            ):
+                sc.last_unclean = now
             if ob.severity is not None and ob.severity != drv.severity:
                 rising = _SEVERITY_RANK.get(ob.severity, 0) > _SEVERITY_RANK.get(drv.severity, 0)
                 drv.severity = ob.severity
@@ -364,12 +408,17 @@ class ThrottleController:
             return
         drv = _Driver(iid, type_, severity, now, now, True, rate, rate)
         sc.drivers[iid] = drv
-        sc.last_hot = now
+        sc.last_hot = sc.last_unclean = now
         sc.ended = "closed"
         was = sc.incident
         self._dominate(sc)
-        target, state = self._open_target(p, drv)
-        reason = "relapse" if sc.state in ("recovering", "normal") and sc.episode else "opened"
+        relapse = sc.state in ("recovering", "normal") and sc.episode
+        reason = "relapse" if relapse else "opened"
+        if relapse and p.relapse_to == "last_good":
+            # the limit is back: return to the last factor that kept the signal cold
+            target, state = self._relapse_target(sc, p, drv), "throttled"
+        else:
+            target, state = self._open_target(p, drv)
         if state == "paused" and sc.state != "paused":
             self._tighten(sc, target, "paused", reason, now)
         elif target < sc.factor - _EPS:
@@ -388,11 +437,27 @@ class ThrottleController:
             target = min(target, 1.0 - drv.rate)
         return max(p.min_factor, target), "throttled"
 
+    def _relapse_target(self, sc: _Scope, p: TypeParams, drv: _Driver) -> float:
+        """Where a relapse of a ``last_good`` type goes: the last good factor (the opening
+        target when none is known), never below ``min_factor`` nor above the current factor.
+        Not ``proportional``: the rate a too-high step caused says little about the limit (a
+        scope back to normal sends its backlog at the fleet's own pace); a good factor that
+        turns out too high is hot again and decreased as usual."""
+        target = sc.good if sc.good > 0.0 else self._open_target(p, drv)[0]
+        return min(sc.factor, max(p.min_factor, target))
+
     def _critical(self, sc: _Scope, drv: _Driver, now: float) -> None:
         if drv.severity != "critical":
             return
         p = self._p(drv.type, sc.scope)
         if p.action != "throttle" or sc.state == "paused":
+            return
+        if p.relapse_to == "last_good" and sc.state in ("recovering", "normal") and sc.episode:
+            # the rate a ramp step caused is not the provider getting worse: a relapse
+            target = self._relapse_target(sc, p, drv)
+            if target < sc.factor - _EPS:
+                self._dominate(sc)
+                self._tighten(sc, target, "throttled", "critical", now)
             return
         if p.critical_open_factor < sc.factor - _EPS:
             self._dominate(sc)
@@ -414,13 +479,20 @@ class ThrottleController:
         return best
 
     def _tighten(self, sc: _Scope, factor: float, state: str, reason: str, now: float) -> None:
+        p = self._params(sc)
         if sc.state in ("recovering", "normal") and sc.episode:
             sc.reversals += 1
             self.reversals_total += 1
+            if p.retest_after_s > 0.0:  # the test (ramp) that started at tested_at failed
+                start = sc.tested_at if sc.tested_at > -math.inf else now
+                sc.next_test = start + retest_wait_s(p, sc.reversals)
+        elif not sc.episode:
+            sc.next_test = now + p.retest_after_s if p.retest_after_s > 0.0 else -math.inf
         sc.factor = _clamp01(factor)
+        sc.good = sc.factor
         sc.state = state
         sc.reason = reason
-        sc.last_decrease = now
+        sc.last_decrease = sc.last_check = now
         sc.ramp_t0 = None
         sc.episode = True
         sc.normal_since = None
@@ -447,8 +519,9 @@ class ThrottleController:
             if sc.state in ("throttled", "paused"):
                 if (
                     may_ramp
-                    and now - sc.last_hot >= wait - _EPS
+                    and now - sc.last_unclean >= wait - _EPS
                     and now - sc.last_decrease >= p.hold_s - _EPS
+                    and now >= sc.next_test - _EPS
                 ):
                     self._start_ramp(sc, p, now, "healthy")
             elif sc.state == "recovering":
@@ -456,13 +529,16 @@ class ThrottleController:
             return
         # no incident open on the scope any more
         if sc.state in ("throttled", "paused"):
-            if now - sc.last_decrease >= p.hold_s - _EPS:
+            if now - sc.last_decrease >= p.hold_s - _EPS and now >= sc.next_test - _EPS:
                 self._start_ramp(sc, p, now, sc.ended)
         elif sc.state == "recovering":
             self._ramp(sc, p, now)
 
     def _hot(self, sc: _Scope, p: TypeParams, dom: _Driver, now: float, hot_ids: set[str]) -> None:
         if sc.state in ("recovering", "normal"):
+            if p.relapse_to == "last_good" and p.action == "throttle":
+                self._tighten(sc, self._relapse_target(sc, p, dom), "throttled", "relapse", now)
+                return
             target, state = self._open_target(p, dom)
             self._tighten(sc, min(target, sc.factor), state, "relapse", now)
             return
@@ -480,11 +556,18 @@ class ThrottleController:
             d.rate is not None and d.ref_rate is not None and d.rate < d.ref_rate * p.persist_ratio
             for d in hot
         )
-        due = now - sc.last_decrease >= p.decrease_every_s - _EPS
+        due = now - sc.last_check >= p.decrease_every_s - _EPS
         if worsened:
             self._decrease(sc, p, dom, now, "worsened")
         elif due and not improving:
             self._decrease(sc, p, dom, now, "persists")
+        elif due:
+            # improving over this period: no cut, and the next period is judged against the
+            # rates of now (a rate that stops falling while still hot is cut then)
+            sc.last_check = now
+            for d in hot:
+                if d.rate is not None:
+                    d.ref_rate = d.rate
 
     def _decrease(self, sc: _Scope, p: TypeParams, dom: _Driver, now: float, reason: str) -> None:
         step = p.decrease
@@ -500,8 +583,9 @@ class ThrottleController:
             self._tighten(sc, new, "throttled", reason, now)
 
     def _start_ramp(self, sc: _Scope, p: TypeParams, now: float, reason: str) -> None:
-        base = p.ramp_start if sc.state == "paused" else sc.factor + p.ramp_step
-        sc.ramp_t0 = now
+        base = p.ramp_start if sc.state == "paused" else ramp_factor(p, sc.factor, 1)
+        sc.good = sc.factor  # held with a cold signal (or its incidents closed)
+        sc.ramp_t0 = sc.tested_at = now
         sc.ramp_base = _clamp01(max(base, sc.factor))
         sc.reason = reason
         self._set_ramp(sc, sc.ramp_base, now)
@@ -510,8 +594,9 @@ class ThrottleController:
         if sc.ramp_t0 is None:  # cannot happen; be safe
             sc.ramp_t0, sc.ramp_base = now, sc.factor
         k = math.floor((now - sc.ramp_t0) / p.ramp_every_s + _EPS)
-        f = _clamp01(sc.ramp_base + k * p.ramp_step)
+        f = _clamp01(ramp_factor(p, sc.ramp_base, k))
         if f > sc.factor + _EPS:
+            sc.good = sc.factor  # the previous step held a whole step with a cold signal
             sc.reason = "ramp"
             self._set_ramp(sc, f, now)
 

@@ -30,6 +30,10 @@ from models.schema import ALL_SCOPE_KINDS, INCIDENT_TYPES
 
 #: what the fleet is asked to do while an incident of a type is open (docs/throttle.md)
 ACTIONS: Final[tuple[str, ...]] = ("throttle", "pause", "none")
+#: where a relapse (the signal back while ramping, or just after) sends the factor:
+#: ``last_good`` the last factor at which the signal stayed cold (a signal that depends on our
+#: rate: a rate limit), ``open`` the opening decision (one that does not: an outage, a block)
+RELAPSE_TO: Final[tuple[str, ...]] = ("last_good", "open")
 
 
 class ThrottleConfigError(ValueError):
@@ -68,14 +72,31 @@ class TypeParams:
     hold_s: float
     #: the signal must be cold this long (incident still open) before the ramp starts
     recover_after_s: float
+    #: ... and clean: its rate, when known, at most this (1: the detector's hot test alone);
+    #: a paused scope's few probes can be too few for the hot test while still all refused
+    clean_rate: float
     #: ramp while the incident is open but cold (false: wait for the incident to close)
     ramp_while_open: bool
+    #: 0, or the least time between two tests of a signal that depends on our rate (a rate
+    #: limit): a ramp starts at least this long after the episode's first cut, and after a
+    #: failed one this long x ``flap_backoff``^reversals after that ramp's start, even when
+    #: the incident closed meanwhile (a close at a reduced rate proves nothing)
+    retest_after_s: float
+    #: the longest wait between two tests (the back-off stops there); at least
+    #: ``retest_after_s`` when that is set
+    retest_max_s: float
     #: the first factor of a ramp out of ``paused``
     ramp_start: float
-    #: additive ramp step
+    #: additive ramp step: the smallest increase of a step
     ramp_step: float
+    #: multiplicative ramp step: each step multiplies the factor by this (1: additive only);
+    #: a step takes the larger of the two (``max(f * ramp_multiplier, f + ramp_step)``)
+    ramp_multiplier: float
     #: seconds between ramp steps
     ramp_every_s: float
+    #: a relapse goes back to ``last_good`` (the factor of the ramp's previous step, held cold)
+    #: or to ``open`` (the opening decision)
+    relapse_to: str
     #: re-tightenings after a ramp started, per episode, after which the ramp waits for the
     #: incident to close
     max_reversals: int
@@ -116,10 +137,15 @@ _TYPE_KEYS: Final[dict[str, str]] = {
     "probe_share": "float",
     "hold_s": "float",
     "recover_after_s": "float",
+    "clean_rate": "float",
     "ramp_while_open": "bool",
+    "retest_after_s": "float",
+    "retest_max_s": "float",
     "ramp_start": "float",
     "ramp_step": "float",
+    "ramp_multiplier": "float",
     "ramp_every_s": "float",
+    "relapse_to": "relapse_to",
     "max_reversals": "int",
     "flap_backoff": "float",
 }
@@ -140,10 +166,15 @@ _BASE: Final[dict[str, Any]] = {
     "probe_share": 0.05,
     "hold_s": 120.0,
     "recover_after_s": 300.0,
+    "clean_rate": 0.2,
     "ramp_while_open": True,
+    "retest_after_s": 0.0,
+    "retest_max_s": 0.0,
     "ramp_start": 0.25,
     "ramp_step": 0.25,
+    "ramp_multiplier": 1.0,
     "ramp_every_s": 300.0,
+    "relapse_to": "open",
     "max_reversals": 2,
     "flap_backoff": 2.0,
 }
@@ -172,6 +203,7 @@ DEFAULTS: Final[dict[str, Any]] = {
             "recover_after_s": 120.0,
             "ramp_start": 0.25,
             "ramp_step": 0.25,
+            "ramp_multiplier": 2.0,
             "ramp_every_s": 120.0,
         },
         "rate_limited": {
@@ -187,9 +219,13 @@ DEFAULTS: Final[dict[str, Any]] = {
             "probe_share": 0.05,
             "hold_s": 300.0,
             "recover_after_s": 300.0,
+            "retest_after_s": 1200.0,
+            "retest_max_s": 2400.0,
             "ramp_start": 0.3,
             "ramp_step": 0.1,
-            "ramp_every_s": 180.0,
+            "ramp_multiplier": 1.5,
+            "ramp_every_s": 300.0,
+            "relapse_to": "last_good",
         },
         "block": {
             **_BASE,
@@ -199,10 +235,12 @@ DEFAULTS: Final[dict[str, Any]] = {
             "min_factor": 0.1,
             "probe_share": 0.02,
             "hold_s": 600.0,
-            "ramp_while_open": False,
-            "ramp_start": 0.1,
+            "recover_after_s": 120.0,
+            "ramp_while_open": True,
+            "ramp_start": 0.2,
             "ramp_step": 0.1,
-            "ramp_every_s": 300.0,
+            "ramp_multiplier": 2.0,
+            "ramp_every_s": 120.0,
         },
         "auth_failure": {
             **_BASE,
@@ -292,6 +330,10 @@ def _check_value(source: str, path: str, kind: str, v: Any) -> Any:
         if v not in ACTIONS:
             raise _err(source, path, f"must be one of {', '.join(ACTIONS)}, got {v!r}")
         return v
+    if kind == "relapse_to":
+        if v not in RELAPSE_TO:
+            raise _err(source, path, f"must be one of {', '.join(RELAPSE_TO)}, got {v!r}")
+        return v
     if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
         raise _err(source, path, f"must be a finite number, got {v!r}")
     return float(v)
@@ -327,15 +369,17 @@ def _validate_params(source: str, path: str, d: dict[str, Any]) -> TypeParams:
     p = TypeParams(**d)
     for key in ("open_factor", "critical_open_factor", "decrease", "persist_ratio", "min_factor"):
         _range(source, f"{path}.{key}", getattr(p, key), 0.0, 1.0, lo_open=True)
-    for key in ("ramp_start", "ramp_step"):
-        _range(source, f"{path}.{key}", getattr(p, key), 0.0, 1.0, lo_open=True)
+    _range(source, f"{path}.ramp_start", p.ramp_start, 0.0, 1.0, lo_open=True)
+    _range(source, f"{path}.ramp_step", p.ramp_step, 0.01, 1.0, lo_open=False)
     _range(source, f"{path}.probe_share", p.probe_share, 0.0, 1.0, lo_open=False, hi_open=True)
     for key in ("decrease_every_s", "ramp_every_s"):
         _range(source, f"{path}.{key}", getattr(p, key), 0.0, 7 * 86400.0, lo_open=True)
-    for key in ("hold_s", "recover_after_s"):
+    for key in ("hold_s", "recover_after_s", "retest_after_s", "retest_max_s"):
         _range(source, f"{path}.{key}", getattr(p, key), 0.0, 7 * 86400.0, lo_open=False)
     _range(source, f"{path}.worsen_ratio", p.worsen_ratio, 1.0, 1000.0, lo_open=True)
     _range(source, f"{path}.flap_backoff", p.flap_backoff, 1.0, 100.0, lo_open=False)
+    _range(source, f"{path}.ramp_multiplier", p.ramp_multiplier, 1.0, 10.0, lo_open=False)
+    _range(source, f"{path}.clean_rate", p.clean_rate, 0.0, 1.0, lo_open=False)
     if not 0 <= p.max_reversals <= 100:
         raise _err(source, f"{path}.max_reversals", f"must be in [0, 100], got {p.max_reversals}")
     if p.critical_open_factor > p.open_factor:
@@ -363,7 +407,57 @@ def _validate_params(source: str, path: str, d: dict[str, Any]) -> TypeParams:
             f"{path}.ramp_start",
             f"must be at least min_factor ({p.min_factor:g}), got {p.ramp_start:g}",
         )
+    if p.retest_max_s < p.retest_after_s:
+        raise _err(
+            source,
+            f"{path}.retest_max_s",
+            f"must be at least retest_after_s ({p.retest_after_s:g}), got {p.retest_max_s:g}",
+        )
+    if p.relapse_to == "last_good" and p.action == "pause":
+        raise _err(
+            source,
+            f"{path}.relapse_to",
+            "must be open for a pause (a pause has no rate to step back to), got last_good",
+        )
     return p
+
+
+def ramp_factor(p: TypeParams, base: float, k: int) -> float:
+    """The factor ``k`` ramp steps above ``base``: each step takes the larger of
+    ``f * ramp_multiplier`` and ``f + ramp_step``, capped at 1 (at most ``1 / ramp_step``
+    iterations: ``ramp_step`` is at least 0.01)."""
+    f = base
+    for _ in range(max(0, k)):
+        if f >= 1.0:
+            break
+        f = max(f * p.ramp_multiplier, f + p.ramp_step)
+    return min(1.0, f)
+
+
+def retest_wait_s(p: TypeParams, reversals: int) -> float:
+    """After a failed test (the episode's ``reversals``-th reversal), the least time from that
+    test's start to the next: ``retest_after_s x flap_backoff^reversals``, at most
+    ``retest_max_s`` (0 when tests are not scheduled)."""
+    if p.retest_after_s <= 0.0:
+        return 0.0
+    return min(p.retest_max_s, p.retest_after_s * p.flap_backoff ** min(reversals, 64))
+
+
+def ramp_steps(p: TypeParams, start: float) -> int:
+    """Ramp steps from the factor ``start`` to normal (1) with ``p``'s steps."""
+    f, n = start, 0
+    while f < 1.0 - 1e-9:
+        f = max(f * p.ramp_multiplier, f + p.ramp_step)
+        n += 1
+    return n
+
+
+def max_ramp_s(p: TypeParams) -> float:
+    """Longest ramp back to normal with ``p``, in seconds: from the lowest factor a ramp can
+    start at (``ramp_start`` out of a pause, one step above ``min_factor`` out of a throttle;
+    the first step is taken at the ramp's start)."""
+    low = min(p.ramp_start, max(p.min_factor * p.ramp_multiplier, p.min_factor + p.ramp_step))
+    return ramp_steps(p, low) * p.ramp_every_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -553,6 +647,7 @@ def loads_config(text: str, source: str = "<string>") -> ThrottleConfig:
 __all__ = [
     "ACTIONS",
     "DEFAULTS",
+    "RELAPSE_TO",
     "GlobalParams",
     "ThrottleConfig",
     "ThrottleConfigError",
@@ -560,7 +655,11 @@ __all__ = [
     "default_config",
     "load_config",
     "loads_config",
+    "max_ramp_s",
     "parse_config",
     "provider_of",
+    "ramp_factor",
+    "ramp_steps",
+    "retest_wait_s",
     "scope_kind_of",
 ]
