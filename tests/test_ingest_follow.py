@@ -452,10 +452,12 @@ def test_follow_restart_after_rotations_while_stopped(
 @pytest.mark.kafka
 def test_follow_kill9_mid_file_then_restart(follow_env: tuple[FollowProc, dict[str, str]]) -> None:
     p, env = follow_env
-    p.log.write_bytes(postfix_lines(0, 20_000, bad_every=2_000))
-    size = p.log.stat().st_size
-    # killed once the checkpoint passed a random point of the first half of the file
-    target = random.Random().uniform(0.05, 0.5) * size
+    # the first half of the log is there when the follower starts; it is killed once its
+    # checkpoint passed a random point of that half, so the kill always leaves the rest of the
+    # file unread (a fast follower could otherwise finish a whole file before the kill lands)
+    p.log.write_bytes(postfix_lines(0, 10_000, bad_every=2_000))
+    half = p.log.stat().st_size
+    target = random.Random().uniform(0.05, 0.9) * half
     p.start()
 
     def progressed() -> bool:
@@ -465,9 +467,12 @@ def test_follow_kill9_mid_file_then_restart(follow_env: tuple[FollowProc, dict[s
     wait_until(progressed, "a checkpoint past the kill point")
     p.kill9()
     st = p.checkpoint()
-    assert st is not None and 0 < int(str(st["offset"])) < size, "not killed mid-file"
+    assert st is not None and 0 < int(str(st["offset"])) <= half, "no checkpoint before the kill"
     with p.log.open("ab") as fh:  # the log grows while the follower is down
+        fh.write(postfix_lines(10_000, 20_000, bad_every=2_000))
         fh.write(postfix_lines(20_000, 21_000, bad_every=500))
+    size = p.log.stat().st_size
+    assert int(str(st["offset"])) < size
     p.start()
     p.caught_up()
     p.term()
