@@ -1040,3 +1040,37 @@ def test_a_timer_fired_by_an_event_happened_at_its_due_time() -> None:
         ("expired", float(int(T0 + D))),
         ("bounce", T0 + 2 * D),
     ]
+
+
+def test_a_delivery_from_the_pipeline_clears_a_soft_hit() -> None:
+    """The pipeline digests only the kinds that can create a record: its delivery rows carry no
+    key and must still act on their identity's record (not be taken for a collision)."""
+    import orjson
+
+    from streams.worker.decoding import ingest_pipeline
+
+    def ev(kind: str, i: int, t: float, reply: str | None = None) -> bytes:
+        e: dict[str, Any] = {
+            "event": kind,
+            "timestamp": T0 + t,
+            "message_id": f"m{i}",
+            "recipient": "full@gmail.com",
+            "mx_host": "gmail-smtp-in.l.google.com",
+        }
+        if reply:
+            e.update(smtp_code=552, enhanced_code="5.2.2", response=reply)
+        return orjson.dumps(e)
+
+    pipe = ingest_pipeline(keep_recipients=True, clock=lambda: T0 + H)
+    sup = Suppressor()
+    full = "552 5.2.2 The email account that you tried to reach is over quota"
+    out = []
+    for batch in ([ev("delivered", 1, 0), ev("bounced", 2, 10, full)], [ev("delivered", 3, 60)]):
+        assert pipe.feed_many(batch) == []
+        pipe.flush()
+        out += sup.observe(pipe.take_recipients())
+    assert [(c.cause, c.to_json()["state"], c.tombstone) for c in out] == [
+        ("bounce", "suspended", False),
+        ("delivery", "active", True),
+    ]
+    assert sup.stats.collisions == 0

@@ -112,6 +112,8 @@ _HARD: Final = CLASS_CODE["hard"]
 _FORMAT: Final[int] = 1
 _STRUCT: Final = struct.Struct("<B32sBBBBHHHIIIII")
 RECORD_BYTES: Final[int] = _STRUCT.size  # 63
+#: the key of a row without one (deliveries: RecipientRows.key)
+_NO_KEY: Final[bytes] = bytes(32)
 _U16: Final = 0xFFFF
 _U32: Final = 0xFFFF_FFFF
 
@@ -1176,8 +1178,12 @@ class Suppressor:
                 recs[ident] = rec
             key = kraw[32 * j : 32 * j + 32]
             if rec is not None and rec.key != key:
-                self.stats.collisions += 1
-                continue
+                if key != _NO_KEY:
+                    self.stats.collisions += 1
+                    continue
+                # a delivery carries no key (the pipeline digests only the kinds that can
+                # create a record): it acts on the record of its identity
+                key = rec.key
             holders = _NO_HOLDERS
             if cov_l[j]:
                 holders = _holders(by_scope, rows.scopes_of(row))
