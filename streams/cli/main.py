@@ -27,6 +27,7 @@ VERB_MODULES = (
     "streams.cli.ingest",  # repmon ingest
     "streams.cli.gateway",  # repmon gateway
     "streams.cli.dlq",  # repmon dlq
+    "streams.cli.suppressions",  # repmon suppressions export
 )
 
 for _name in VERB_MODULES:

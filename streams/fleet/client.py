@@ -28,11 +28,13 @@ every ``refresh_s``), after which the scope is back to normal: a stalled repmon 
 mail for longer than ``expire_s``. ``healthy`` tells whether the client is following (broker
 answered within ``health_timeout_s``, topic assigned, caught up once); ``last_update`` is the wall
 time of the last record applied. Before the first catch-up the answers are "normal".
+
+The Kafka side (the thread, the catch-up, health, reconnection) is
+:class:`streams.fleet.follower.CompactedTopicFollower`, shared with the suppression client.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -47,6 +49,7 @@ from models.act.throttle_record import (
     message_scopes,
     most_restrictive,
 )
+from streams.fleet.follower import CompactedTopicFollower
 
 log = logging.getLogger("repmon.fleet")
 
@@ -58,7 +61,7 @@ _Entry = tuple[float, float, float, ThrottleRecord | None]
 _Key = tuple[str | None, ...]
 
 
-class ThrottleClient:
+class ThrottleClient(CompactedTopicFollower[tuple[str, ThrottleRecord | None]]):
     """Follows the compacted ``repmon.throttle`` topic and answers per-message lookups.
 
     ``bootstrap``: Kafka bootstrap servers (None: no broker; feed records with :meth:`feed` /
@@ -81,16 +84,18 @@ class ThrottleClient:
         metadata_every_s: float = 60.0,
         cache_max_entries: int = 100_000,
     ) -> None:
-        self.bootstrap = bootstrap
-        self.topic = topic
-        self.consumer_config = dict(consumer_config or {})
+        super().__init__(
+            bootstrap,
+            topic,
+            consumer_config=consumer_config,
+            poll_timeout_s=poll_timeout_s,
+            health_every_s=health_every_s,
+            health_timeout_s=health_timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            retry_backoff_s=retry_backoff_s,
+            metadata_every_s=metadata_every_s,
+        )
         self.clock = clock
-        self.poll_timeout_s = poll_timeout_s
-        self.health_every_s = health_every_s
-        self.health_timeout_s = health_timeout_s
-        self.connect_timeout_s = connect_timeout_s
-        self.retry_backoff_s = retry_backoff_s
-        self.metadata_every_s = metadata_every_s
         self.cache_max_entries = cache_max_entries
         # the table and the cache are replaced, never mutated in place, by the writer: readers
         # take a reference without a lock (the writer swaps the table first, then the cache)
@@ -98,22 +103,7 @@ class ThrottleClient:
         self._cache: dict[_Key, _Entry] = {}
         self._scope_cache: dict[tuple[str, ...], _Entry] = {}
         self._write = threading.Lock()
-        self._changed = threading.Condition()
-        self._version = 0
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._positions: dict[Any, int] = {}
-        self._last_ok: float | None = None  # monotonic time the broker last answered
-        self._last_update: float | None = None  # wall time of the last applied record
-        self._caught_up = False
-        self.stats: dict[str, int] = {
-            "records": 0,
-            "tombstones": 0,
-            "skipped": 0,
-            "connect_errors": 0,
-            "poll_errors": 0,
-        }
+        self._staged: list[tuple[str, ThrottleRecord | None]] = []
 
     # ------------------------------------------------------------------ lookups (hot path)
     def factor(
@@ -211,11 +201,6 @@ class ThrottleClient:
         t = self.clock() if now is None else now
         return {s: r for s, r in self._decisions.items() if r.live(t)}
 
-    @property
-    def version(self) -> int:
-        """Incremented on every change of the table (see :meth:`wait_for_change`)."""
-        return self._version
-
     def apply(self, records: Iterable[tuple[str, ThrottleRecord | None]]) -> int:
         """Apply ``(scope, record)`` pairs in order (None or a ``normal`` record: the scope is
         back to normal) as one change; returns the number of pairs applied."""
@@ -273,10 +258,7 @@ class ThrottleClient:
         self._decisions = table
         self._cache = {}
         self._scope_cache = {}
-        self._last_update = time.time()
-        with self._changed:
-            self._version += 1
-            self._changed.notify_all()
+        self._note_change()
 
     def prune(self, now: float | None = None) -> int:
         """Drop the expired decisions from the table (lookups ignore them anyway)."""
@@ -288,190 +270,26 @@ class ThrottleClient:
                 self._publish(table)
         return len(dead)
 
-    def wait_for_change(self, version: int, timeout: float) -> bool:
-        """Block until :attr:`version` differs from ``version`` (True) or ``timeout`` s pass."""
-        with self._changed:
-            return self._changed.wait_for(lambda: self._version != version, timeout)
+    # ------------------------------------------------------------------ follower hooks
+    # (streams/fleet/follower.py: the thread, health, fallback and catch-up are shared)
+    _what = "throttle topic"
+    _thread_name = "repmon-throttle"
 
-    def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Block until ``predicate()`` holds, re-checking on every change (and every second,
-        for expiries); False when ``timeout`` passes first."""
-        deadline = time.monotonic() + timeout
-        while True:
-            v = self._version
-            if predicate():
-                return True
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            self.wait_for_change(v, min(left, 1.0))
+    def _stage(self, items: list[tuple[str, ThrottleRecord | None]]) -> None:
+        self._staged.extend(items)
 
-    # ------------------------------------------------------------------ health
-    @property
-    def healthy(self) -> bool:
-        """Following the topic: the broker answered within ``health_timeout_s``, the topic's
-        partitions are assigned and the client caught up with the topic once."""
-        ok = self._last_ok
-        return (
-            self._caught_up
-            and ok is not None
-            and time.monotonic() - ok <= self.health_timeout_s
-            and self._thread is not None
-            and self._thread.is_alive()
-        )
+    def _publish_staged(self) -> None:
+        staged, self._staged = self._staged, []
+        self.apply(staged)
 
-    @property
-    def last_update(self) -> float | None:
-        """Wall time (epoch seconds) of the last change applied, or None."""
-        return self._last_update
+    def _drop_staged(self) -> None:
+        self._staged = []
 
-    def wait_ready(self, timeout: float) -> bool:
-        """Block until the client caught up with the topic as it was when it connected."""
-        return self._ready.wait(timeout)
+    def _apply_live(self, items: list[tuple[str, ThrottleRecord | None]]) -> None:
+        self.apply(items)
 
-    # ------------------------------------------------------------------ the follower thread
-    def start(self) -> ThrottleClient:
-        """Start following in a daemon thread; returns at once."""
-        if self.bootstrap is None:
-            raise ValueError("no bootstrap servers: feed records with feed() / apply()")
-        if self._thread is not None and self._thread.is_alive():
-            return self
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="repmon-throttle", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 10.0) -> bool:
-        """Stop following (the table stays as it is); True when the thread ended in time."""
-        self._stop.set()
-        t = self._thread
-        if t is None:
-            return True
-        t.join(timeout)
-        return not t.is_alive()
-
-    close = stop
-
-    def __enter__(self) -> ThrottleClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            consumer = None
-            try:
-                consumer = self._connect()
-            except Exception as exc:
-                self.stats["connect_errors"] += 1
-                log.warning("throttle topic: cannot connect to %s: %s", self.bootstrap, exc)
-            if consumer is not None:
-                try:
-                    self._follow(consumer)
-                except Exception as exc:
-                    self.stats["poll_errors"] += 1
-                    log.warning("throttle topic: follower error, reconnecting: %s", exc)
-                finally:
-                    with contextlib.suppress(Exception):
-                        consumer.close(autocommit=False, timeout_ms=2000)
-            self._stop.wait(self.retry_backoff_s)
-
-    def _connect(self) -> Any:
-        from kafka import KafkaConsumer
-
-        cfg: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap,
-            "group_id": None,
-            "enable_auto_commit": False,
-            "auto_offset_reset": "earliest",
-            "request_timeout_ms": max(int(self.health_timeout_s * 1000), 5000),
-            "client_id": "repmon-fleet",
-        }
-        known = KafkaConsumer.DEFAULT_CONFIG  # kafka-python 2.x rejects keys it does not know
-        if "allow_auto_create_topics" in known:
-            cfg["allow_auto_create_topics"] = False
-        for k in ("bootstrap_timeout_ms", "api_version_auto_timeout_ms"):  # 3.x, 2.x
-            if k in known:
-                cfg[k] = int(self.connect_timeout_s * 1000)
-                break
-        cfg.update(self.consumer_config)
-        consumer = KafkaConsumer(**cfg)
-        self._last_ok = time.monotonic()
-        return consumer
-
-    def _assign(self, consumer: Any) -> list[Any]:
-        from kafka import TopicPartition
-
-        parts = consumer.partitions_for_topic(self.topic) or set()  # may answer from its cache
-        tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
-        if set(tps) != set(consumer.assignment()):
-            consumer.assign(tps)
-            fresh = []
-            for tp in tps:
-                pos = self._positions.get(tp)
-                if pos is None:
-                    fresh.append(tp)
-                else:  # a reconnect continues where it was: no replay of older values
-                    consumer.seek(tp, pos)
-            if fresh:
-                consumer.seek_to_beginning(*fresh)
-            if tps:
-                log.info("throttle topic %s: following %d partition(s)", self.topic, len(tps))
-        return tps
-
-    def _follow(self, consumer: Any) -> None:
-        timeout_ms = int(self.health_timeout_s * 1000)
-        if not self._caught_up:  # the staged history of a lost connection is gone: read it again
-            self._positions.clear()
-        tps: list[Any] = []
-        next_meta = next_health = next_prune = 0.0
-        target: dict[Any, int] | None = None  # end offsets to reach before the first answers
-        staged: list[tuple[str, ThrottleRecord | None]] = []
-        while not self._stop.is_set():
-            mono = time.monotonic()
-            if mono >= next_meta:
-                tps = self._assign(consumer)
-                next_meta = mono + (self.metadata_every_s if tps else self.health_every_s)
-            if not tps:  # the topic does not exist (yet): ask again later
-                self._stop.wait(min(self.poll_timeout_s, max(0.0, next_meta - mono)))
-                continue
-            if mono >= next_health:
-                next_health = mono + self.health_every_s
-                try:
-                    ends = consumer.end_offsets(tps, timeout_ms=timeout_ms)
-                except Exception as exc:
-                    log.warning("throttle topic: broker not answering: %s", exc)
-                else:
-                    self._last_ok = time.monotonic()
-                    if target is None and not self._caught_up:
-                        target = dict(ends)
-            batch = consumer.poll(timeout_ms=int(self.poll_timeout_s * 1000))
-            pairs: list[tuple[str, ThrottleRecord | None]] = []
-            for tp, msgs in batch.items():
-                for m in msgs:
-                    parsed = self._parse(m.key, m.value)
-                    if parsed is not None:
-                        pairs.append(parsed)
-                if msgs:
-                    self._positions[tp] = msgs[-1].offset + 1
-            if self._caught_up:
-                if pairs:
-                    self.apply(pairs)
-                if mono >= next_prune:
-                    next_prune = mono + 60.0
-                    self.prune()
-                continue
-            staged.extend(pairs)
-            if target is not None and all(
-                consumer.position(tp, timeout_ms=timeout_ms) >= end for tp, end in target.items()
-            ):
-                # publish the history read so far at once: no half-read state is answered
-                self.apply(staged)
-                staged = []
-                self._caught_up = True
-                self._ready.set()
-                log.info("throttle topic %s: caught up", self.topic)
+    def _housekeeping(self) -> None:
+        self.prune()
 
 
 def _evaluate(
