@@ -52,6 +52,8 @@ def private_topics(tag: str) -> dict[str, str]:
         "REPMON_TOPIC_THROTTLE_OVERRIDES": f"it-{tag}.throttle.overrides",
         "REPMON_TOPIC_STATE": f"it-{tag}.state",
         "REPMON_TOPIC_INGEST_STATE": f"it-{tag}.state.ingest",
+        "REPMON_TOPIC_SUPPRESSIONS": f"it-{tag}.suppressions",
+        "REPMON_TOPIC_WORKERS": f"it-{tag}.workers",
     }
 
 
@@ -83,6 +85,8 @@ class WorkerProc:
                 "throttle_overrides",
                 "state",
                 "ingest_state",
+                "suppressions",
+                "workers",
             )
         }
         self.log_path = tmp / "worker.log"
@@ -142,6 +146,8 @@ class WorkerProc:
             "topic_throttle_overrides": self.topics["throttle_overrides"],
             "topic_state": self.topics["state"],
             "topic_ingest_state": self.topics["ingest_state"],
+            "topic_suppressions": self.topics["suppressions"],
+            "topic_workers": self.topics["workers"],
             "topic_partitions": int(self.env["REPMON_TOPIC_PARTITIONS"]),
         }
 

@@ -41,6 +41,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from models.act.kumo import (
     load_kumo_config,
 )
+from models.act.suppression_config import load_config as load_suppression_config
 from models.act.throttle import ThrottleController
 from models.act.throttle_config import load_config
 from models.classify.classifier import Classifier
@@ -56,9 +57,17 @@ from streams.worker.metrics import Metrics
 from streams.worker.owners import EveryThirtySeconds, MonitorView, Owner, install_log_filter
 from streams.worker.settings import Settings
 from streams.worker.snapstore import pieces, producer_partition, read_newest
+from streams.worker.suppressions import (
+    Directory,
+    IncidentFollower,
+    PartitionSuppression,
+    open_partition,
+    store_path,
+)
 from streams.worker.web import (
     check_token,
     install_kumo_endpoints,
+    install_suppression_endpoints,
     install_throttle_endpoints,
 )
 from streams.worker.wire import (
@@ -137,6 +146,14 @@ class WorkerState:
     owner_error_logged: float = -math.inf
     #: set on a clean stop: the ingest loop reads nothing more
     stopping: bool = False
+    #: the suppression policy of each input partition read (docs/suppression.md)
+    suppression: dict[int, PartitionSuppression] = field(default_factory=dict)
+    #: open incidents of every owner (repmon.incidents), for the suppression policy
+    incidents: IncidentFollower | None = None
+    #: input partition -> the worker reading it (repmon.workers)
+    directory: Directory | None = None
+    #: input partitions whose suppression policy could not be restored (not ready)
+    suppression_failed: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.tracker = WatermarkTracker(self.settings.source_silent_s)
@@ -153,6 +170,7 @@ class WorkerState:
             clock=time.time,
             max_future_skew_s=self.settings.max_future_skew_s,
             max_scopes=self.settings.max_scopes,
+            keep_recipients=self.settings.suppression,
         )
 
     def pipeline(self, partition: int) -> Pipeline:
@@ -180,6 +198,13 @@ class WorkerState:
             out.append(f"restoring the state of rollup partitions {sorted(self.restoring)}")
         if self.warming:
             out.append(f"rebuilding the ingest memories of partitions {sorted(self.warming)}")
+        if self.incidents is not None and not self.incidents.caught_up:
+            out.append("the suppression policy is reading the open incidents")
+        if self.suppression_failed:
+            out.append(
+                f"the suppression policy of partitions {sorted(self.suppression_failed)} "
+                "could not be restored (its rows are not applied)"
+            )
         limit = max(5.0, 3 * s.tick_s)
         if now - self.last_tick_done > limit:
             out.append(f"no tick completed in the last {limit:.0f} s")
@@ -239,6 +264,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         consumer_max_fetch_size=8 << 20,
     )
     throttle_config = load_config(settings.throttle_config or None)
+    suppression_config = load_suppression_config(settings.suppression_config or None)
     #: manual overrides, followed by every worker (wall-clock expiry: set by people)
     overrides = ThrottleClient(settings.kafka_bootstrap, topic=settings.topic_throttle_overrides)
     state = WorkerState(
@@ -247,6 +273,9 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         metrics=Metrics(settings.metrics_top_scopes, settings.metrics_max_incidents),
         rollup_partitions=settings.rollup_partitions,
     )
+    if settings.suppression:
+        state.incidents = IncidentFollower(settings.kafka_bootstrap, settings.topic_incidents)
+    state.directory = Directory(settings.kafka_bootstrap, settings.topic_workers)
     dlq_topic = app.topic(settings.topic_dlq, value_type=bytes, value_serializer="raw")
     rollup_topic = app.topic(
         settings.topic_rollup,
@@ -279,13 +308,16 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             **kw,
         )
 
+    plain_lock = asyncio.Lock()
+
     async def plain_producer() -> AIOKafkaProducer:
-        prod = plain.get("p")
-        if prod is None:
-            prod = new_producer(acks="all")
-            await prod.start()
-            plain["p"] = prod
-        return prod
+        async with plain_lock:  # partitions restored side by side ask for it at once
+            prod = plain.get("p")
+            if prod is None:
+                prod = new_producer(acks="all")
+                await prod.start()
+                plain["p"] = prod
+            return prod
 
     # ------------------------------------------------------------------ ingest: memories
     async def write_ingest_snapshots(snaps: dict[int, tuple[Snap, int]]) -> None:
@@ -309,8 +341,17 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             m.snapshot_written("ingest", len(data), time.perf_counter() - t0)
 
     async def restore_ingest(consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+        """Give partition ``tp`` a Pipeline with its memories and its suppression policy, and
+        tell the other workers who reads it now."""
+        snap = await restore_memories(consumer, tp)
+        if settings.suppression:
+            await restore_suppression(tp.partition, snap)
+        await announce(tp.partition)
+
+    async def restore_memories(consumer: AIOKafkaConsumer, tp: TopicPartition) -> Snap | None:
         """Give partition ``tp`` a Pipeline with its memories: restored from its snapshot and
-        brought up to the committed offset by reading the records in between again."""
+        brought up to the committed offset by reading the records in between again. Returns
+        the snapshot (None: none, or unreadable)."""
         part = tp.partition
         pipe = state.new_pipeline()
         committed = await consumer.committed(tp)
@@ -326,7 +367,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         if stored is None:
             m.restore("ingest", "cold")
             state.pipelines[part] = pipe
-            return
+            return None
         offset = int(stored.meta["offset"])
         if committed is None or offset > committed:
             # memories from beyond the committed offset would take the events read next for
@@ -340,7 +381,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             )
             m.restore("ingest", "cold")
             state.pipelines[part] = pipe
-            return
+            return None
         try:
             snap = decode(stored.data)
             pipe.restore_memories(snap)
@@ -349,7 +390,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             log.warning("ingest memories of partition %d not restored: %s", part, exc)
             m.restore("ingest", "failed")
             state.pipelines[part] = state.new_pipeline()
-            return
+            return None
         state.clocks[part] = clock
         state.ingest_generation[part] = (
             int(stored.meta["generation"]),
@@ -364,12 +405,61 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         )
         if offset == committed:
             state.pipelines[part] = pipe
-            return
+            return None
         consumer.seek(tp, offset)
         state.warming[part] = Warming(pipe, committed)
         log.info(
             "partition %d: re-reading offsets %d..%d into its memories", part, offset, committed
         )
+        return snap
+
+    async def restore_suppression(part: int, snap: Snap | None) -> None:
+        """Open partition ``part``'s suppression store, bring it up to its changelog and
+        restore the policy's indexes (streams/worker/suppressions.py)."""
+        old = state.suppression.pop(part, None)
+        if old is not None:
+            old.close()
+        child = (
+            snap.child("suppression") if snap is not None and "suppression" in snap.meta else None
+        )
+        try:
+            ps, how = await open_partition(
+                bootstrap=settings.kafka_bootstrap,
+                changelog=settings.topic_suppressions,
+                partition=part,
+                path=store_path(settings.data_dir, settings.topic_events, part),
+                config=suppression_config,
+                snap=child,
+            )
+        except Exception as exc:
+            state.suppression_failed.add(part)
+            m.restore("suppression", "failed")
+            log.error("partition %d: suppression policy not restored: %r", part, exc)
+            return
+        state.suppression_failed.discard(part)
+        state.suppression[part] = ps
+        m.restore("suppression", "rebuilt" if how.mode == "rebuild" else "restored")
+        m.suppression_changelog_read.inc(how.records)
+        log.info(
+            "partition %d: suppression store %s (%d changelog records: %s)",
+            part,
+            how.mode,
+            how.records,
+            how.reason,
+        )
+
+    async def announce(part: int) -> None:
+        """Say on repmon.workers that this worker reads input partition ``part``."""
+        try:
+            prod = await plain_producer()
+            doc = {"url": settings.advertised_url, "instance": state.instance, "at": time.time()}
+            await prod.send_and_wait(
+                settings.topic_workers,
+                key=f"{settings.topic_events}/{part}".encode(),
+                value=orjson.dumps(doc),
+            )
+        except (KafkaError, TimeoutError, OSError) as exc:
+            log.warning("partition %d: reader not announced: %r", part, exc)
 
     def warm(part: int, recs: list[Any]) -> list[Any]:
         """Feed the records before the warming partition's committed offset to its memories;
@@ -381,6 +471,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         if k:
             values = [r.value if r.value is not None else b"" for r in recs[:k]]
             w.pipe.feed_many(values)
+            w.pipe.take_recipients()  # the policy saw these before (its store has them)
             w.events += k
             m.warmup_events.inc(k)
         if k < len(recs) or (recs and recs[-1].offset + 1 >= w.until):
@@ -390,6 +481,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             if pipe.pending():
                 clock.running(pipe.pending_timestamps())
             pipe.flush()
+            pipe.take_recipients()
             pipe.stats = PipelineStats()
             del state.warming[part]
             state.pipelines[part] = pipe
@@ -402,6 +494,9 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         state.warming.pop(tp.partition, None)
         state.clocks.pop(tp.partition, None)
         state.offsets.pop(tp, None)
+        ps = state.suppression.pop(tp.partition, None)
+        if ps is not None:
+            ps.close()
 
     class IngestRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         def __init__(self, consumer: AIOKafkaConsumer) -> None:
@@ -792,6 +887,10 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             d = pipe.flush()
             d.watermark = clock.watermark
             m.observe_pipeline(part, pipe, d)
+            rows = pipe.take_recipients()
+            ps = state.suppression.get(part)
+            if ps is not None and state.incidents is not None:
+                ps.step(rows, state.incidents, clock.watermark)
             flushed.append((part, pending, d))
             tp = TopicPartition(settings.topic_events, part)
             last = state.ingest_snapshot_at.get(part, -math.inf)
@@ -802,6 +901,8 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
                 # watermark this one reached, not nothing, so its owner's clock (and what the
                 # detectors have run on) is the same after a restart
                 snap.meta["clock"] = clock.state()
+                if ps is not None:
+                    snap.put("suppression", ps.sup.snapshot())
                 mems[part] = (snap, offsets[tp])
         caught_up = await caught_up_partitions()
         acks = []
@@ -835,8 +936,17 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
                         )
                     )
             state.last_sent_wm[part] = (d.watermark, idle)
+        changelog = await publish_suppressions()
         for ack in acks:
             await ack
+        for part, futs in changelog.items():
+            last_offset: int | None = None
+            for f in futs:
+                last_offset = int((await f).offset)
+            ps = state.suppression.get(part)
+            if ps is not None:
+                ps.applied(last_offset)
+        m.observe_suppression(list(state.suppression.values()))
         consumer = state.consumer
         committed = False
         if consumer is not None and offsets:
@@ -862,13 +972,37 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
             except (TimeoutError, KafkaError, OSError) as exc:
                 log.warning("ingest memories not written: %r", exc)
 
+    async def publish_suppressions() -> dict[int, list[Any]]:
+        """Send every partition's suppression outbox to its changelog partition; returns the
+        send futures per partition (the changes reach the store after their acks)."""
+        out: dict[int, list[Any]] = {}
+        if not state.suppression:
+            return out
+        prod = await plain_producer()
+        for part, ps in state.suppression.items():
+            futs = out[part] = []
+            for key, value in ps.outbox.items():
+                futs.append(
+                    await prod.send(
+                        settings.topic_suppressions, key=key, value=value, partition=part
+                    )
+                )
+        return out
+
     # ------------------------------------------------------------------ tick
+    retried = {"suppression": time.monotonic()}
+
     @app.timer(interval=settings.tick_s)
     async def tick() -> None:
         t0 = time.perf_counter()
         state.ticks += 1
         install_log_filter(log_filter)
         await flush_and_commit()
+        if state.suppression_failed and time.monotonic() - retried["suppression"] >= 10.0:
+            retried["suppression"] = time.monotonic()
+            async with flush_lock:  # the snapshot's indexes are lost; the store is not
+                for part in sorted(state.suppression_failed & set(state.pipelines)):
+                    await restore_suppression(part, None)
         wm = state.watermark()
         for owner in list(state.owners.values()):
             if wm > 0:
@@ -923,6 +1057,16 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
     async def follow_overrides() -> None:
         await asyncio.to_thread(overrides.start)
 
+    @app.task
+    async def follow_incidents() -> None:
+        if state.incidents is not None:
+            await state.incidents.run()
+
+    @app.task
+    async def follow_directory() -> None:
+        if state.directory is not None:
+            await state.directory.run()
+
     @app.on_before_shutdown.connect
     async def stop_overrides(app: Any, **kwargs: Any) -> None:
         await asyncio.to_thread(overrides.stop, 5.0)
@@ -936,6 +1080,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         overrides,
         plain_producer,
     )
+    install_suppression_endpoints(router, settings, state)
     if settings.kumo_config:
         install_kumo_endpoints(
             router, settings.api_token, load_kumo_config(settings.kumo_config), decisions_in_force
@@ -952,6 +1097,9 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerState]:
         for p in list(state.owners):
             with contextlib.suppress(Exception):
                 await close_owner(p)
+        for ps in list(state.suppression.values()):
+            ps.close()
+        state.suppression.clear()
         prod = plain.pop("p", None)
         if prod is not None:
             with contextlib.suppress(Exception):

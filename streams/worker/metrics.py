@@ -303,6 +303,37 @@ class Metrics:
             ["state", "scope_kind", "provider", "scope"],
             registry=r,
         )
+        self.suppression_changes = Counter(
+            "repmon_suppression_changes_total",
+            "Recipient suppression changes published on repmon.suppressions, by the state after "
+            "the change and its cause (docs/suppression.md).",
+            ["state", "cause"],
+            registry=r,
+        )
+        self.suppression_quarantined = Gauge(
+            "repmon_suppression_quarantined_recipients",
+            "Recipients held in quarantine by an open incident, over the input partitions read.",
+            registry=r,
+        )
+        self.suppression_unpublished = Gauge(
+            "repmon_suppression_unpublished_changes",
+            "Suppression changes waiting for the changelog's acknowledgement (grows while the "
+            "broker refuses them).",
+            registry=r,
+        )
+        self.suppression_changelog_read = Counter(
+            "repmon_suppression_changelog_records_read_total",
+            "Changelog records read to bring a partition's suppression store up to date "
+            "(catch-up after a restart, or a rebuild).",
+            registry=r,
+        )
+        self.suppression_lookups = Counter(
+            "repmon_suppression_lookups_total",
+            "GET /suppressions/{key} answers, by result (local: this worker reads the key's "
+            "partition; forwarded: to the worker that does; unavailable: 503).",
+            ["result"],
+            registry=r,
+        )
         self.ready = Gauge(
             "repmon_ready",
             "1 when /readyz answers 200 (assigned, restored, ticking, lag not growing), else 0.",
@@ -334,6 +365,10 @@ class Metrics:
         for kind in ("owner", "ingest"):  # take-overs after this process's first scrape show
             for result in ("restored", "cold", "failed"):
                 self.restores.labels(kind, result)
+        for result in ("restored", "rebuilt", "failed"):
+            self.restores.labels("suppression", result)
+        for result in ("local", "forwarded", "unavailable"):
+            self.suppression_lookups.labels(result)
 
     def provider_label(self, name: str) -> str:
         return name if name in self.providers else OTHER
@@ -465,6 +500,19 @@ class Metrics:
         for rec in sorted(live, key=lambda r: (r.rate_factor, r.scope))[: self.max_incidents]:
             kind, prov = incident_labels(rec.scope)
             self.throttle_factor.labels(rec.state, kind, prov, rec.scope).set(rec.rate_factor)
+
+    def observe_suppression(self, parts: list[Any]) -> None:
+        """After a tick: the changes the partitions' policies made (``PartitionSuppression``),
+        their quarantined recipients and unpublished changes."""
+        held = unpublished = 0
+        for ps in parts:
+            for (state, cause), n in ps.stats.changes.items():
+                self.suppression_changes.labels(state, cause).inc(n)
+            ps.stats.changes.clear()
+            held += int(ps.sup.metrics()["held_recipients"])
+            unpublished += len(ps.outbox)
+        self.suppression_quarantined.set(held)
+        self.suppression_unpublished.set(unpublished)
 
     def snapshot_written(self, kind: str, size: int, seconds: float) -> None:
         self.snapshots.labels(kind).inc()

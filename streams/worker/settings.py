@@ -31,6 +31,18 @@ class Settings(BaseSettings):
     topic_throttle: str = "repmon.throttle"
     #: compacted, keyed by scope: manual overrides (PUT /throttle/{scope}); every worker follows it
     topic_throttle_overrides: str = "repmon.throttle.overrides"
+    #: compacted, keyed by recipient key: the suppression changelog the fleet follows
+    #: (docs/suppression.md); as many partitions as topic_events (partition p: input partition p's)
+    topic_suppressions: str = "repmon.suppressions"
+    #: compacted: which worker reads which input partition, with its web address
+    topic_workers: str = "repmon.workers"
+    #: run the recipient suppression policy (docs/suppression.md)
+    suppression: bool = True
+    #: suppression policy TOML over the defaults (docs/suppression.md, "Configuration")
+    suppression_config: str = ""
+    #: the URL other workers reach this worker's web server at (GET /suppressions/{key} is
+    #: forwarded to the worker reading the key's partition); empty: http://web_host:web_port
+    web_url: str = ""
     #: throttle policy TOML over the defaults (docs/throttle.md, "Configuration"); empty: defaults
     throttle_config: str = ""
     #: the repmon -> KumoMTA mapping (egress sources, destinations, normal rates; docs/throttle.md,
@@ -95,6 +107,10 @@ class Settings(BaseSettings):
     @property
     def rule_files(self) -> list[Path]:
         return [Path(p) for p in self.rules.split(os.pathsep) if p.strip()]
+
+    @property
+    def advertised_url(self) -> str:
+        return (self.web_url or f"http://{self.web_host}:{self.web_port}").rstrip("/")
 
     @property
     def broker_url(self) -> str:

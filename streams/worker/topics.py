@@ -53,6 +53,12 @@ def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> None:
     try:
         existing = set(admin.list_topics())
         p = settings.topic_partitions
+        # the suppression changelog has a partition per input partition: as many as the input
+        # topic really has (it may predate this setting)
+        n_events = p
+        if settings.topic_events in existing:
+            described = admin.describe_topics([settings.topic_events])
+            n_events = len(described[0]["partitions"]) or p
         wanted = [
             # 4 MiB: inputs over 1 MiB must reach the worker to be dead-lettered as too_large
             NewTopic(settings.topic_events, p, 1, topic_configs={"max.message.bytes": "4194304"}),
@@ -69,6 +75,13 @@ def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> None:
             NewTopic(
                 settings.topic_throttle_overrides, 1, 1, topic_configs={"cleanup.policy": "compact"}
             ),
+            NewTopic(
+                settings.topic_suppressions,
+                n_events,
+                1,
+                topic_configs={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"},
+            ),
+            NewTopic(settings.topic_workers, 1, 1, topic_configs={"cleanup.policy": "compact"}),
             # snapshots (streams/worker/snapstore.py): compacted, pieces of up to 1 MiB
             NewTopic(settings.topic_state, settings.rollup_partitions, 1, topic_configs=_STATE),
             NewTopic(settings.topic_ingest_state, p, 1, topic_configs=_STATE),

@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp import WSMsgType, web
 from aiokafka import AIOKafkaProducer
@@ -27,10 +28,12 @@ from models.act.kumo import (
     shaping_toml,
     suspensions_json,
 )
+from models.act.suppression import may_send
 from models.act.throttle_record import ThrottleRecord
 from streams.fleet.client import ThrottleClient
 from streams.worker.owners import Owner
 from streams.worker.settings import Settings
+from streams.worker.suppressions import key_partition
 
 log = logging.getLogger("repmon.worker")
 
@@ -307,3 +310,90 @@ __all__ = [
     "manual_override",
     "path_token_ok",
 ]
+
+
+#: header a forwarded GET /suppressions/{key} carries (a worker never forwards it again)
+FORWARDED = "X-Repmon-Forwarded-By"
+
+
+def install_suppression_endpoints(router: Any, settings: Settings, state: Any) -> None:
+    """GET /suppressions/{recipient_key}: the recipient's current record and whether the fleet
+    may send to it (docs/suppression.md, "In the worker"). ``state``: the WorkerState (its
+    ``suppression``, ``consumer``, ``warming``, ``directory``, ``instance``, ``metrics``)."""
+
+    async def lookup(request: web.Request) -> web.StreamResponse:
+        why = check_token(settings.api_token, request.headers.get("Authorization"))
+        if why is not None:
+            return web.json_response({"error": why}, status=401)
+        key = request.match_info["key"].strip().lower()
+        if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+            return web.json_response(
+                {"error": "the recipient key is 64 hex digits: the SHA-256 of the lower-cased "
+                 "address (docs/events.md); never send the address itself"},
+                status=400,
+            )  # fmt: skip
+        m = state.metrics
+        if not settings.suppression:
+            return web.json_response(
+                {"error": "the suppression policy is off (REPMON_SUPPRESSION=false)"}, status=404
+            )
+        consumer = state.consumer
+        parts = consumer.partitions_for_topic(settings.topic_events) if consumer else None
+        if not parts:
+            m.suppression_lookups.labels("unavailable").inc()
+            return web.json_response(
+                {"error": "the input topic's partitions are not known yet"}, status=503
+            )
+        part = key_partition(key, len(parts))
+        ps = state.suppression.get(part)
+        if ps is not None:
+            rec = ps.lookup(bytes.fromhex(key))
+            m.suppression_lookups.labels("local").inc()
+            return web.json_response(
+                {
+                    "recipient_key": key,
+                    "state": rec["state"] if rec else "active",
+                    "may_send": may_send(rec, time.time()),
+                    "record": rec,
+                    "partition": part,
+                    "instance": state.instance,
+                }
+            )
+        if part in state.warming or part in state.pipelines:
+            m.suppression_lookups.labels("unavailable").inc()
+            return web.json_response(
+                {"error": f"partition {part}'s suppression state is being restored"}, status=503
+            )
+        reader = state.directory.reader(settings.topic_events, part) if state.directory else None
+        if (
+            reader is None
+            or reader.get("instance") == state.instance
+            or request.headers.get(FORWARDED)
+        ):
+            m.suppression_lookups.labels("unavailable").inc()
+            return web.json_response(
+                {"error": f"no worker known to read partition {part} of {settings.topic_events}"},
+                status=503,
+            )
+        headers = {FORWARDED: state.instance}
+        auth = request.headers.get("Authorization")
+        if auth:
+            headers["Authorization"] = auth
+        url = f"{str(reader['url']).rstrip('/')}/suppressions/{key}"
+        try:
+            timeout = aiohttp.ClientTimeout(total=10.0)
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.get(url, headers=headers) as resp,
+            ):
+                body = await resp.read()
+                m.suppression_lookups.labels("forwarded").inc()
+                return web.Response(body=body, status=resp.status, content_type="application/json")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            m.suppression_lookups.labels("unavailable").inc()
+            return web.json_response(
+                {"error": f"the worker reading partition {part} did not answer: {exc!r}"},
+                status=503,
+            )
+
+    router.add_get("/suppressions/{key}", lookup)
