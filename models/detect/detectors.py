@@ -52,9 +52,13 @@ class DetectorSpec:
     z_open: float = 5.0
     z_close: float = 2.0
     cv: float = 0.3  #: relative variation of the true rate between windows (overdispersion)
-    #: >0: the denominator is at least the coarse-ring count over this many hours scaled to the
-    #: window length (complaints lag deliveries by tens of minutes to hours: after a blast the
-    #: window's own deliveries understate what the complaints are about)
+    #: >0: the signal lags its denominator by up to this many hours (complaints arrive tens of
+    #: minutes to hours after the delivery), so the denominator of a window is its *exposure*:
+    #: the largest denominator count of a window of the same span ending within that lag (the
+    #: fine ring at bucket resolution, then whole coarse hours pro rata). Whatever the delay
+    #: distribution, the complaints counted now come from a mixture of such windows, so under
+    #: the baseline rate they expect at most ``rate x exposure``: a blast's complaint wave,
+    #: arriving when the campaign has stopped sending, is compared with the blast
     den_coarse_h: int = 0
     #: (kind, min_den, min_abs, abs_rate) per scope kind, e.g. stricter for single domains that
     #: greylist; abs_rate < 0 keeps the spec's
@@ -65,6 +69,17 @@ class DetectorSpec:
     peer_adjust: bool = False
     #: floor of the baseline rate (rare signals: a quiet night must not make 5 complaints a spike)
     min_baseline: float = 0.0
+    #: a lagging signal (complaints become known tens of minutes to hours after the delivery):
+    #: a scope's own history under-counts it until its reports have arrived, so the own history
+    #: may raise the scope's baseline above its parent's but never lower it below
+    parent_floor: bool = False
+    #: relative spread of the true rate between the scopes that share a parent (complaints:
+    #: transactional and marketing mail differ several-fold). A scope whose baseline comes
+    #: mostly from its parent (a young scope: weight ``w = prior_strength / (own volume +
+    #: prior_strength)``) knows its own rate only to within it: ``cv^2 + w spread^2`` replaces
+    #: ``cv^2`` in the z-score. It matters for large expected counts only (the Poisson tail binds
+    #: for small ones), i.e. a big campaign whose ordinary rate is a multiple of its provider's
+    spread: float = 0.0
     close_quiet_s: float = 900.0
     critical_rate: float = 0.5  #: rate at or above which the severity is "critical"
     known_good_min: float = 0.0  #: require user_unknown_known_good / user_unknown >= this
@@ -164,6 +179,8 @@ DEFAULT_DETECTORS: tuple[DetectorSpec, ...] = (
         num="complained",
         den="delivered",
         den_coarse_h=3,
+        parent_floor=True,
+        spread=1.0,
         peer_adjust=True,
         min_baseline=0.0002,
         windows=(3, 6, 12),
@@ -180,7 +197,7 @@ DEFAULT_DETECTORS: tuple[DetectorSpec, ...] = (
 )
 
 
-def zscore(x: F64, n: F64, p0: F64, cv: float) -> F64:
+def zscore(x: F64, n: F64, p0: F64, cv: float | F64) -> F64:
     """One-sided z of ``x`` successes in ``n`` trials against rate ``p0`` (overdispersed).
 
     The smaller of two scores: the normal approximation with the overdispersed variance (it
@@ -226,18 +243,19 @@ def run_window(
     min_den: F64 | float | None = None,
     min_abs: F64 | float | None = None,
     abs_rate: F64 | float | None = None,
+    cv: F64 | None = None,
 ) -> WindowTest:
     """Apply the open and hot tests of ``spec`` to counts ``x`` over volumes ``n`` per row.
 
     ``min_den``/``min_abs``/``abs_rate`` override the spec's guards (per row, for
-    ``kind_overrides``).
+    ``kind_overrides``); ``cv`` the spec's overdispersion (per row, for ``spread``).
     """
     md = spec.min_den if min_den is None else min_den
     ma = spec.min_abs if min_abs is None else min_abs
     ar = spec.abs_rate if abs_rate is None else abs_rate
     with np.errstate(divide="ignore", invalid="ignore"):
         rate = np.where(n > 0, x / np.maximum(n, 1e-9), 0.0)
-        z = zscore(x, n, p0, spec.cv)
+        z = zscore(x, n, p0, spec.cv if cv is None else cv)
         excess = rate - p0
         opens = (
             (n >= md)

@@ -204,7 +204,7 @@ class Monitor:
         changes: list[IncidentChange] = []
         hot_by_type: dict[str, set[int]] = {}
         for spec in self._specs:
-            res = self._windows.test(spec, frame, self._first_t)
+            res = self._windows.test(spec, frame)
             hot_by_type[spec.type] = {int(frame.rows[p]) for p in np.flatnonzero(res.hot)}
             self._update_open(spec, frame, res)
             if frame.warm:

@@ -4,6 +4,11 @@ Once per advance the Monitor takes a ``Frame`` of the rolling state (newest-k-bu
 all active rows, their kinds, parents and baselines); ``WindowTests.test`` then computes, per
 detector, the baseline of each scope (its own history shrunk toward its parent's, the parent's
 toward the global rate, docs/incidents.md) and runs ``run_window`` on all windows at once.
+
+Lagging signals (complaints, ``DetectorSpec.den_coarse_h`` > 0) are tested against their
+*exposure*, the largest denominator of a window of the same span within the lag range
+(``_lagged_exposure``, ``_coarse_peak_hour``), and with ``parent_floor`` a scope's baseline is at
+least its parent's: its own complaints have not all arrived yet.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ class Frame:
     now: float
     rows: NDArray[np.intp]
     sums: dict[int, F64]  #: newest-k-bucket sums per row, for every k a detector needs
+    csum: F64  #: (rows, n_fine, columns) cumulative sums of the fine ring, newest bucket first
     gaps: dict[str, int]  #: per detector type: buckets kept out of its own history
     base: F64
     kinds: NDArray[np.uint8]
@@ -89,6 +95,7 @@ class WindowTests:
             now=now,
             rows=rows,
             sums={k: csum[:, k - 1, :] for k in needed},
+            csum=csum,
             gaps=gaps,
             base=st.baseline[rows].astype(np.float64),
             kinds=kinds,
@@ -99,7 +106,7 @@ class WindowTests:
             warm=first_t is not None and now - first_t >= cfg.warmup_s,
         )
 
-    def test(self, spec: DetectorSpec, f: Frame, first_t: float | None) -> SpecResult:
+    def test(self, spec: DetectorSpec, f: Frame) -> SpecResult:
         """Baselines (own history shrunk toward the parent's) and every window's test."""
         cfg = self.config
         st = self.store
@@ -116,8 +123,16 @@ class WindowTests:
         p_par_own = shrunk_rate(hist[:, ni], hist[:, di], p_glob, cfg.prior_strength)
         p_parent = np.where(f.ppos >= 0, p_par_own[np.maximum(f.ppos, 0)], p_glob)
         p0 = shrunk_rate(hist[:, ni], hist[:, di], p_parent, cfg.prior_strength)
+        # the parent's share of the baseline (1 where the parent floor overrules the own history)
+        w_parent = cfg.prior_strength / (np.maximum(hist[:, di], 0.0) + cfg.prior_strength)
+        if spec.parent_floor:
+            w_parent = np.where(p0 <= p_parent, 1.0, w_parent)
+            p0 = np.maximum(p0, p_parent)
         if spec.min_baseline > 0:
             p0 = np.maximum(p0, spec.min_baseline)
+        cv: F64 | None = None
+        if spec.spread > 0:  # a borrowed baseline is known to within the siblings' spread
+            cv = np.sqrt(spec.cv**2 + w_parent * spec.spread**2)
         allowed = self._kind_table(spec)[f.kinds]
         min_den: F64 | None = None
         min_abs: F64 | None = None
@@ -132,16 +147,20 @@ class WindowTests:
                 min_abs[sel] = kabs
                 if krate >= 0:
                     abs_rate[sel] = krate
-        coarse_den: F64 | None = None
+        coarse_hour: F64 | None = None
         if spec.den_coarse_h > 0:
-            coarse_den = self._coarse_rate_den(spec, f.rows, f.now, first_t)
+            coarse_hour = self._coarse_peak_hour(spec, f.rows)
         # every window of the detector in one test: rows are (window, scope)
         dens, p0s = [], []
+        fs = float(st.config.fine_s)
         for k in spec.windows:
             s = sums[k]
             den = s[:, di]
-            if coarse_den is not None:  # the larger of the window's and the smoothed one
-                den = np.maximum(den, coarse_den * (k * st.config.fine_s))
+            if coarse_hour is not None:  # the exposure of a lagging signal (docstring)
+                # the window covers k - 1 whole buckets and the elapsed part of the newest
+                span = (k - 1) * fs + min(max(f.now - st.fine_head * fs, 0.0), fs)
+                den = np.maximum(den, self._lagged_exposure(f.csum[:, :, di], k, span / (k * fs)))
+                den = np.maximum(den, coarse_hour * (span / st.config.coarse_s))
             dens.append(den)
             if spec.peer_adjust and f.prov_mask.sum() > 1:
                 p0s.append(self._peer_adjusted(p0, s[:, ni], den, f.prov_mask))
@@ -158,6 +177,7 @@ class WindowTests:
             min_den=min_den,
             min_abs=min_abs,
             abs_rate=abs_rate,
+            cv=cv,
         )
         # evidence: the opening window with the largest z (else the largest z); the first
         # such window on ties
@@ -196,18 +216,31 @@ class WindowTests:
         out: F64 = np.where(prov, p0 * ratio, p0)
         return out
 
-    def _coarse_rate_den(
-        self, spec: DetectorSpec, rows: NDArray[np.intp], now: float, first_t: float | None
-    ) -> F64:
-        """Denominator per second of event time over the last ``den_coarse_h`` coarse buckets."""
+    @staticmethod
+    def _lagged_exposure(csum: F64, k: int, scale: float) -> F64:
+        """The newest ``k``-bucket window's denominator count, or the largest of the earlier
+        ``k``-bucket windows of the fine ring times ``scale`` (the newest window's share of
+        ``k`` whole buckets: its newest bucket is partial), per row.
+
+        ``csum``: (rows, n_fine) cumulative sums, newest bucket first. The window ending ``j``
+        buckets ago holds ``csum[j + k - 1] - csum[j - 1]``."""
+        n_fine = csum.shape[1]
+        if k >= n_fine:
+            out: F64 = csum[:, n_fine - 1]
+            return out
+        shifted = csum[:, k:] - csum[:, : n_fine - k]
+        out = np.maximum(csum[:, k - 1], scale * shifted.max(axis=1))
+        return out
+
+    def _coarse_peak_hour(self, spec: DetectorSpec, rows: NDArray[np.intp]) -> F64:
+        """The largest denominator count of the ``den_coarse_h`` completed coarse buckets before
+        the current one, per row (a window of the lag range older than the fine ring)."""
         st = self.store
-        cs = st.config.coarse_s
-        h = min(spec.den_coarse_h, st.config.n_coarse)
+        n = st.config.n_coarse
+        h = min(spec.den_coarse_h, n - 1)
+        if st.coarse_head < 0 or h <= 0:
+            return np.zeros(rows.size, dtype=np.float64)
         col = COARSE_COLUMNS.index(spec.den)
-        tot = st.coarse_sum(h, rows)[:, col].astype(np.float64)
-        since = (st.coarse_head - h + 1) * cs
-        if first_t is not None:
-            since = max(since, int(first_t))
-        covered = max(float(st.config.fine_s), now - since)
-        out: F64 = tot / covered
+        slots = [(st.coarse_head - j) % n for j in range(1, h + 1)]
+        out: F64 = st.coarse[:, slots, col][rows].max(axis=1).astype(np.float64)
         return out
