@@ -7,9 +7,13 @@ Fails (never skips) without a broker (conftest.kafka_bootstrap).
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
 import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,7 +26,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from models.ingest.recipients import recipient_digest
-from tests.conftest import WorkerProc
+from tests.conftest import REPO, WorkerProc
 
 pytestmark = pytest.mark.kafka
 
@@ -182,6 +186,28 @@ def test_suppressions_published_served_and_surviving_kill9(
             assert rec["until"] == pytest.approx(BASE_TS + 110 + 86400, abs=2)
         for a in angry:
             assert (last[rkey(a)] or {})["reason"] == "complaint"
+
+        # the CLI contract: the export is the topic's current list, on the worker's own records
+        out = subprocess.run(
+            [sys.executable, "-m", "streams.cli", "suppressions", "export", "--format", "csv",
+             "--bootstrap", kafka_bootstrap, "--topic", w.topics["suppressions"]],
+            capture_output=True, check=True, timeout=120, cwd=REPO,
+        )  # fmt: skip
+        rows = list(csv.DictReader(io.StringIO(out.stdout.decode())))
+        assert {r["recipient_key"]: r["state"] for r in rows} == {
+            k: s for k, s in want.items() if s != "active"
+        }
+        listed = tmp_path / "addresses.txt"
+        listed.write_text("\n".join(bad + fine) + "\n")
+        out = subprocess.run(
+            [sys.executable, "-m", "streams.cli", "suppressions", "export", "--format", "kumomta",
+             "--bootstrap", kafka_bootstrap, "--topic", w.topics["suppressions"],
+             "--addresses", str(listed)],
+            capture_output=True, check=True, timeout=120, cwd=REPO,
+        )  # fmt: skip
+        pushed = out.stdout.decode()
+        # the sender's own addresses come back for its suppressed recipients, no others
+        assert all(a in pushed for a in bad) and not any(a in pushed for a in fine + angry)
 
         # the HTTP contract
         wait_for(lambda: answers(w, want), "GET /suppressions answers", [w])
