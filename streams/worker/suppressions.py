@@ -155,31 +155,40 @@ class IncidentFollower:
         return self.caught_up or time.monotonic() - self.started > FOLLOWER_WAIT_S
 
     async def run(self) -> None:
-        """Follow the topic for ever (restarting after a failure)."""
-        while True:
-            try:
-                await follow_topic(self.bootstrap, self.topic, self.apply, self._caught_up)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("following %s failed, retrying in 1 s: %r", self.topic, exc)
-                await asyncio.sleep(1.0)
+        await follow_forever(
+            self.bootstrap, self.topic, lambda k, v: self.apply(v), self._caught_up
+        )
 
     def _caught_up(self) -> None:
         self.caught_up = True
 
 
+async def follow_forever(
+    bootstrap: str,
+    topic: str,
+    apply: Callable[[bytes | None, bytes | None], None],
+    caught_up: Callable[[], None] = lambda: None,
+) -> None:
+    """:func:`follow_topic`, started again 1 s after a failure."""
+    while True:
+        try:
+            await follow_topic(bootstrap, topic, apply, caught_up)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("following %s failed, retrying in 1 s: %r", topic, exc)
+            await asyncio.sleep(1.0)
+
+
 async def follow_topic(
     bootstrap: str,
     topic: str,
-    apply: Callable[[bytes | None], None],
+    apply: Callable[[bytes | None, bytes | None], None],
     caught_up: Callable[[], None],
-    *,
-    key_apply: Callable[[bytes | None, bytes | None], None] | None = None,
 ) -> None:
     """Read every partition of ``topic`` from its start for ever (no consumer group,
-    read_committed), calling ``apply(value)`` (or ``key_apply(key, value)``) per record and
-    ``caught_up()`` once the end offsets taken at the start have been reached."""
+    read_committed), calling ``apply(key, value)`` per record and ``caught_up()`` once the end
+    offsets taken at the start have been reached."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
@@ -207,10 +216,7 @@ async def follow_topic(
             batch = await consumer.getmany(timeout_ms=500, max_records=5000)
             for recs in batch.values():
                 for rec in recs:
-                    if key_apply is not None:
-                        key_apply(rec.key, rec.value)
-                    else:
-                        apply(rec.value)
+                    apply(rec.key, rec.value)
             if not done:
                 pos = {tp: await consumer.position(tp) for tp in tps}
                 if all(pos[tp] >= ends[tp] for tp in tps):
@@ -251,16 +257,7 @@ class Directory:
         return self.readers.get(f"{events_topic}/{partition}")
 
     async def run(self) -> None:
-        while True:
-            try:
-                await follow_topic(
-                    self.bootstrap, self.topic, lambda v: None, lambda: None, key_apply=self.apply
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("following %s failed, retrying in 1 s: %r", self.topic, exc)
-                await asyncio.sleep(1.0)
+        await follow_forever(self.bootstrap, self.topic, self.apply)
 
 
 # -- one input partition -------------------------------------------------------------------------
@@ -301,11 +298,14 @@ class PartitionSuppression:
             if iid in follower.closed:
                 at = follower.closed[iid]
                 out += sup.incident_closed(iid, watermark if math.isnan(at) else at)
+        opening = None  # sync_incidents opens the new ones
         if follower.caught_up:  # names held by hash only (a restart), closes missed
             out += sup.sync_incidents(follower.open.values(), watermark)
+        else:  # waited too long: what is known so far
+            opening = follower.open.values()
         batch = RecipientRows.concat(self.waiting) if self.waiting else RecipientRows.empty()
         self.waiting = []
-        out += sup.observe(batch, follower.open.values())
+        out += sup.observe(batch, opening)
         if watermark > 0:
             out += sup.expire(watermark)
         for ch in out:
@@ -461,6 +461,7 @@ __all__ = [
     "PartitionSuppression",
     "Restored",
     "decode_change",
+    "follow_forever",
     "follow_topic",
     "ident_of",
     "key_partition",
