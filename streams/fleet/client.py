@@ -41,7 +41,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Unpack
 
 from models.act.throttle_record import (
     RecordError,
@@ -49,7 +49,7 @@ from models.act.throttle_record import (
     message_scopes,
     most_restrictive,
 )
-from streams.fleet.follower import CompactedTopicFollower
+from streams.fleet.follower import CompactedTopicFollower, FollowOptions
 
 log = logging.getLogger("repmon.fleet")
 
@@ -74,27 +74,11 @@ class ThrottleClient(CompactedTopicFollower[tuple[str, ThrottleRecord | None]]):
         bootstrap: str | list[str] | None = None,
         topic: str = DEFAULT_TOPIC,
         *,
-        consumer_config: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.time,
-        poll_timeout_s: float = 0.5,
-        health_every_s: float = 5.0,
-        health_timeout_s: float = 15.0,
-        connect_timeout_s: float = 10.0,
-        retry_backoff_s: float = 2.0,
-        metadata_every_s: float = 60.0,
         cache_max_entries: int = 100_000,
+        **follow: Unpack[FollowOptions],
     ) -> None:
-        super().__init__(
-            bootstrap,
-            topic,
-            consumer_config=consumer_config,
-            poll_timeout_s=poll_timeout_s,
-            health_every_s=health_every_s,
-            health_timeout_s=health_timeout_s,
-            connect_timeout_s=connect_timeout_s,
-            retry_backoff_s=retry_backoff_s,
-            metadata_every_s=metadata_every_s,
-        )
+        super().__init__(bootstrap, topic, **follow)
         self.clock = clock
         self.cache_max_entries = cache_max_entries
         # the table and the cache are replaced, never mutated in place, by the writer: readers

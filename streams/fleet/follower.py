@@ -36,11 +36,23 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypedDict, TypeVar
 
 log = logging.getLogger("repmon.fleet")
 
 T = TypeVar("T")
+
+
+class FollowOptions(TypedDict, total=False):
+    """The following options a client built on :class:`CompactedTopicFollower` passes on."""
+
+    consumer_config: Mapping[str, Any] | None
+    poll_timeout_s: float
+    health_every_s: float
+    health_timeout_s: float
+    connect_timeout_s: float
+    retry_backoff_s: float
+    metadata_every_s: float
 
 
 class CompactedTopicFollower(Generic[T]):

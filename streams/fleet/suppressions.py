@@ -47,7 +47,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, Final, Unpack, cast
 
 import numpy as np
 import orjson
@@ -65,7 +65,7 @@ from models.act.suppression import (
     reason_name,
 )
 from models.ingest.recipients import KEY_DTYPE, recipient_digest
-from streams.fleet.follower import CompactedTopicFollower
+from streams.fleet.follower import CompactedTopicFollower, FollowOptions
 
 log = logging.getLogger("repmon.fleet")
 
@@ -647,28 +647,11 @@ class SuppressionClient(CompactedTopicFollower[Row]):
         bootstrap: str | list[str] | None = None,
         topic: str = DEFAULT_TOPIC,
         *,
-        consumer_config: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.time,
-        poll_timeout_s: float = 0.5,
-        health_every_s: float = 5.0,
-        health_timeout_s: float = 15.0,
-        connect_timeout_s: float = 10.0,
-        retry_backoff_s: float = 2.0,
-        metadata_every_s: float = 60.0,
         delta_max: int = 1 << 16,
+        **follow: Unpack[FollowOptions],
     ) -> None:
-        super().__init__(
-            bootstrap,
-            topic,
-            consumer_config=consumer_config,
-            poll_timeout_s=poll_timeout_s,
-            health_every_s=health_every_s,
-            health_timeout_s=health_timeout_s,
-            connect_timeout_s=connect_timeout_s,
-            retry_backoff_s=retry_backoff_s,
-            metadata_every_s=metadata_every_s,
-            isolation_level="read_committed",
-        )
+        super().__init__(bootstrap, topic, isolation_level="read_committed", **follow)
         self.clock = clock
         self.table = SuppressionTable(delta_max)
         self._staged = Staging()
