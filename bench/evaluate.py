@@ -29,7 +29,9 @@ plot per scenario, ``--quick`` runs shorter scenarios at a lower rate (tests).
 
 Right scope (issue 11): each truth entry names the one scope to act on (``act_scope``, e.g.
 ``ip:203.0.113.6|provider:google``). The entry is *detected on the right scope* when the first
-incident of its type opened within ``[onset, end + grace]`` has exactly that scope. The issue-11
+incident of its type opened within ``[onset, end + grace]`` has exactly that scope (or was widened
+into an incident on it, docs/incidents.md "Widening"); the delay target applies to the time the act
+scope opened. The issue-11
 targets (``TARGET_DELAY_ISSUE11``, ``TARGET_FA_PER_DAY_ISSUE11``) are printed in a second table.
 """
 
@@ -267,17 +269,37 @@ class ScopeVerdict:
     act_scope: str
     first_scope: str | None  #: scope of the first incident of the type in the window
     first_delay_s: float | None  #: its opened_at - onset
-    right: bool | None  #: first_scope == act_scope; None when no incident of the type opened
+    #: first_scope, or the scope of the incident it was widened into (docs/incidents.md)
+    final_scope: str | None
+    right: bool | None  #: final_scope == act_scope; None when no incident of the type opened
     act_delay_s: float | None  #: delay of the first incident on the act scope (maybe later)
+
+
+def widened(first: dict[str, Any], incidents: list[dict[str, Any]]) -> dict[str, Any]:
+    """The incident ``first`` ended up as: itself, or the incident on a wider scope it was
+    closed into (``widened_from`` of an opened change lists the ids of its narrower parts),
+    following the chain."""
+    into = {pid: a for a in incidents for pid in a.get("widened_from", ())}
+    out = first
+    seen = {str(first.get("id"))}
+    while str(out.get("id")) in into:
+        out = into[str(out.get("id"))]
+        if str(out.get("id")) in seen:
+            break
+        seen.add(str(out.get("id")))
+    return out
 
 
 def right_scope(incidents: list[dict[str, Any]], truth: dict[str, Any]) -> ScopeVerdict:
     """Judge the scope of a truth entry's detection (issue 11).
 
-    ``incidents``: opened incidents (``type``, ``scope``, ``opened_at``); ``truth``: a truth
-    entry (``type``, ``scopes``, ``act_scope`` (default ``scopes[0]``), ``onset``, ``end``).
-    The first incident of the truth's type opened within ``[onset, end + grace]`` decides,
-    whatever its scope: a detection on a wider or narrower scope is not on the right one.
+    ``incidents``: opened incidents (``id``, ``type``, ``scope``, ``opened_at``,
+    ``widened_from``); ``truth``: a truth entry (``type``, ``scopes``, ``act_scope`` (default
+    ``scopes[0]``), ``onset``, ``end``). The first incident of the truth's type opened within
+    ``[onset, end + grace]`` decides, whatever its scope, except that an incident widened into
+    a wider one (a sender's Gmail part first, then the whole sender once Microsoft fails too)
+    counts as that wider incident: a detection on any other wider or narrower scope is not on
+    the right one.
     """
     act = str(truth.get("act_scope") or truth["scopes"][0])
     cands = sorted(
@@ -286,22 +308,25 @@ def right_scope(incidents: list[dict[str, Any]], truth: dict[str, Any]) -> Scope
     )
     on_act = [a for a in cands if a["scope"] == act]
     if not cands:
-        return ScopeVerdict(act, None, None, None, None)
+        return ScopeVerdict(act, None, None, None, None, None)
     first = cands[0]
+    final = widened(first, incidents)
     return ScopeVerdict(
         act,
         str(first["scope"]),
         float(first["opened_at"]) - truth["onset"],
-        first["scope"] == act,
+        str(final["scope"]),
+        final["scope"] == act,
         float(on_act[0]["opened_at"]) - truth["onset"] if on_act else None,
     )
 
 
 def meets_issue11(v: ScopeVerdict, target_s: float | None) -> bool:
-    """On the act scope first, within the delay target (if the type has one)."""
-    if not v.right or v.first_delay_s is None:
+    """On the act scope first (or widened into it), the act scope named within the delay
+    target (if the type has one)."""
+    if not v.right or v.act_delay_s is None:
         return False
-    return target_s is None or v.first_delay_s <= target_s
+    return target_s is None or v.act_delay_s <= target_s
 
 
 def _fmt_delay(d: float | None) -> str:
@@ -316,6 +341,9 @@ def _md(text: str) -> str:
 def _fmt_scope(v: ScopeVerdict) -> str:
     if v.right is None:
         return "-"
+    if v.first_scope != v.final_scope:
+        widen = f"widened from {_md(v.first_scope or '')}"
+        return f"yes ({widen})" if v.right else f"no ({_md(v.final_scope or '')}, {widen})"
     return "yes" if v.right else f"no ({_md(v.first_scope or '')})"
 
 

@@ -101,3 +101,70 @@ def test_rate_limit_opens_on_the_scope_to_act_on(
     # the wider scopes the surge also shows on are listed as related (as they turn hot)
     inc = next(i for i in mon.open_incidents() if i.id == opened[0]["id"])
     assert wider <= set(inc.related), inc.related
+
+
+@pytest.mark.parametrize(
+    ("first", "later", "want_first", "want_final"),
+    [
+        # one IP at Google first, then every IP at Google: the IP's part widens into Google
+        (
+            {(IPS[0], "google"): 0.6},
+            {(ip, "google"): 0.6 for ip in IPS},
+            f"ip:{IPS[0]}|provider:google",
+            "provider:google",
+        ),
+        # one IP at Google first, then the same IP at Yahoo too: it widens into the IP
+        (
+            {(IPS[2], "google"): 0.6},
+            {(IPS[2], p): 0.6 for p in PROVIDERS},
+            f"ip:{IPS[2]}|provider:google",
+            f"ip:{IPS[2]}",
+        ),
+        # one IP at Google, then a second IP at Google too: two IPs of four are not all of
+        # Google, so nothing widens
+        (
+            {(IPS[0], "google"): 0.6},
+            {(IPS[0], "google"): 0.6, (IPS[1], "google"): 0.6},
+            f"ip:{IPS[0]}|provider:google",
+            f"ip:{IPS[0]}|provider:google",
+        ),
+    ],
+)
+def test_a_part_that_opened_first_widens_when_the_rest_follows(
+    first: dict[tuple[str, str], float],
+    later: dict[tuple[str, str], float],
+    want_first: str,
+    want_final: str,
+) -> None:
+    """Attribution decides on the evidence of each run, so the part whose share crossed the
+    thresholds first opens first; once the wide scope opens and no part explains it alone,
+    the part's incident closes into the wide one (docs/incidents.md, "Widening")."""
+    rng = np.random.default_rng(11)
+    mon = Monitor()
+    records: list[dict[str, object]] = []
+    onset = 3 * 3600
+    for m in range(0, onset + 40 * 60, 60):
+        throttled = {} if m < onset else first if m < onset + 10 * 60 else later
+        d = minute(T0 + m, rng, throttled)
+        mon.add(d)
+        records += [ch.to_json() for ch in mon.advance(d.watermark)]
+    opened = [r for r in records if r["type"] == "rate_limited" and r["action"] == "opened"]
+    assert opened and opened[0]["scope"] == want_first, [r["scope"] for r in opened]
+    if want_final == want_first:
+        assert not any("widened_from" in r or "widened_into" in r for r in records)
+        return
+    wide = [r for r in opened if r["scope"] == want_final]
+    assert len(wide) == 1, [r["scope"] for r in opened]
+    # every open part of the wide scope closes into it (the IP's Yahoo part may have opened
+    # on its own before the IP did)
+    assert opened[0]["id"] in wide[0]["widened_from"]
+    parts = {r["id"]: r["scope"] for r in opened}
+    assert all(want_final in str(parts[i]).split("|") for i in wide[0]["widened_from"])
+    assert float(wide[0]["opened_at"]) > T0 + onset + 10 * 60  # after the rest followed
+    closed = [r for r in records if r["action"] == "closed" and r["id"] == opened[0]["id"]]
+    assert len(closed) == 1 and closed[0]["widened_into"] == wide[0]["id"]
+    assert closed[0]["closed_at"] == wide[0]["opened_at"]
+    # the part is now a related scope of the wide incident, and does not open again
+    inc = next(i for i in mon.open_incidents() if i.id == wide[0]["id"])
+    assert want_first in inc.related
+    assert [r["scope"] for r in opened].count(want_first) == 1

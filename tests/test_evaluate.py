@@ -29,8 +29,24 @@ TRUTH: dict[str, Any] = {
 }
 
 
-def inc(scope: str, at: float, type_: str = "rate_limited") -> dict[str, Any]:
-    return {"type": type_, "scope": scope, "opened_at": at, "evidence": {}}
+def inc(
+    scope: str, at: float, type_: str = "rate_limited", widened_from: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": f"{type_}/{scope}/{int(at)}",
+        "type": type_,
+        "scope": scope,
+        "opened_at": at,
+        "evidence": {},
+    }
+    if widened_from:
+        out["widened_from"] = list(widened_from)
+    return out
+
+
+PART = "ip:203.0.113.6|provider:google"
+WIDE_ACT = "ip:203.0.113.6"
+WIDE_TRUTH: dict[str, Any] = {**TRUTH, "act_scope": WIDE_ACT}
 
 
 @pytest.mark.parametrize(
@@ -79,7 +95,38 @@ def test_right_scope(
     act_delay: float | None,
 ) -> None:
     v = right_scope(incidents, TRUTH)
-    assert v == ScopeVerdict(ACT, first, delay, right, act_delay)
+    assert v == ScopeVerdict(ACT, first, delay, first, right, act_delay)
+
+
+@pytest.mark.parametrize(
+    ("incidents", "final", "right", "act_delay"),
+    [
+        # the part opened first and was widened into the act scope: right, named at 1200
+        (
+            [inc(PART, 1060.0), inc(WIDE_ACT, 1200.0, widened_from=(f"rate_limited/{PART}/1060",))],
+            WIDE_ACT,
+            True,
+            200.0,
+        ),
+        # the act scope opened later on its own, without widening: the part stays the answer
+        ([inc(PART, 1060.0), inc(WIDE_ACT, 1200.0)], PART, False, 200.0),
+        # widened into a scope that is not the act scope
+        (
+            [
+                inc(PART, 1060.0),
+                inc("provider:google", 1200.0, widened_from=(f"rate_limited/{PART}/1060",)),
+            ],
+            "provider:google",
+            False,
+            None,
+        ),
+    ],
+)
+def test_right_scope_follows_widening(
+    incidents: list[dict[str, Any]], final: str, right: bool, act_delay: float | None
+) -> None:
+    v = right_scope(incidents, WIDE_TRUTH)
+    assert v == ScopeVerdict(WIDE_ACT, PART, 60.0, final, right, act_delay)
 
 
 def test_right_scope_open_ended_truth() -> None:
@@ -96,12 +143,16 @@ def test_right_scope_defaults_to_the_first_acceptable_scope() -> None:
 @pytest.mark.parametrize(
     ("verdict", "target", "met"),
     [
-        (ScopeVerdict(ACT, ACT, 120.0, True, 120.0), 180.0, True),
-        (ScopeVerdict(ACT, ACT, 180.0, True, 180.0), 180.0, True),
-        (ScopeVerdict(ACT, ACT, 181.0, True, 181.0), 180.0, False),  # too late
-        (ScopeVerdict(ACT, "provider:google", 60.0, False, None), 180.0, False),  # wrong scope
-        (ScopeVerdict(ACT, None, None, None, None), 180.0, False),  # missed
-        (ScopeVerdict(ACT, ACT, 5000.0, True, 5000.0), None, True),  # no delay target
+        (ScopeVerdict(ACT, ACT, 120.0, ACT, True, 120.0), 180.0, True),
+        (ScopeVerdict(ACT, ACT, 180.0, ACT, True, 180.0), 180.0, True),
+        (ScopeVerdict(ACT, ACT, 181.0, ACT, True, 181.0), 180.0, False),  # too late
+        # wrong scope
+        (ScopeVerdict(ACT, "provider:google", 60.0, "provider:google", False, None), 180.0, False),
+        (ScopeVerdict(ACT, None, None, None, None, None), 180.0, False),  # missed
+        (ScopeVerdict(ACT, ACT, 5000.0, ACT, True, 5000.0), None, True),  # no delay target
+        # widened into the act scope: the time the act scope opened counts
+        (ScopeVerdict(ACT, "x", 60.0, ACT, True, 170.0), 180.0, True),
+        (ScopeVerdict(ACT, "x", 60.0, ACT, True, 200.0), 180.0, False),
     ],
 )
 def test_meets_issue11(verdict: ScopeVerdict, target: float | None, met: bool) -> None:

@@ -51,6 +51,10 @@ class Incident:
     excess: float = 0.0
     #: the signal's rate at the last detector run (updated while open; the throttle reads it)
     rate: float = 0.0
+    #: id of the incident on a wider scope this one was closed into (docs/incidents.md,
+    #: "Attribution": widening), and the ids of the narrower incidents closed into this one
+    widened_into: str | None = None
+    widened_from: list[str] = field(default_factory=list)
 
     @property
     def is_open(self) -> bool:
@@ -69,7 +73,7 @@ class Incident:
         ev["peak_rate"] = round(self.peak_rate, 6)
         if self.related:
             ev["related_scopes"] = list(self.related)
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "type": self.type,
             "scope": self.scope,
@@ -78,6 +82,11 @@ class Incident:
             "severity": self.severity,
             "evidence": ev,
         }
+        if self.widened_into is not None:
+            out["widened_into"] = self.widened_into
+        if self.widened_from:
+            out["widened_from"] = list(self.widened_from)
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -256,6 +256,10 @@ class Monitor:
                 continue
             if (spec.type, name) in self._open:
                 continue
+            parts = self._open_parts(spec, r)
+            if parts:  # attribution names W itself now: its open parts widen into it
+                changes.extend(self._widen(spec, f, res, p, name, parts))
+                continue
             explainer = (
                 self._explained(spec, name, int(f.parents[p]), float(res.excess[p]))
                 if spec.explained_by
@@ -302,6 +306,65 @@ class Monitor:
         if related not in inc.related:
             inc.related.append(related)
             self.related_total += 1
+        return out
+
+    def _open_parts(self, spec: DetectorSpec, row: int) -> list[Incident]:
+        """Open (reported) incidents of this type on combined scopes that are parts of ``row``
+        (``sender:d|provider:P`` for ``sender:d`` or ``provider:P``)."""
+        st = self.store
+        out: list[Incident] = []
+        for (typ, scope), inc in self._open.items():
+            if typ != spec.type or inc.explained_by is not None or "|" not in scope:
+                continue
+            c = st.rows.get(scope)
+            if c is not None and row in self._children_rows.get(c, ()):
+                out.append(inc)
+        return out
+
+    def _widen(
+        self,
+        spec: DetectorSpec,
+        f: Frame,
+        res: SpecResult,
+        p: int,
+        name: str,
+        parts: list[Incident],
+    ) -> list[IncidentChange]:
+        """Open the incident on the wide scope at frame position ``p`` and close its open
+        parts into it (docs/incidents.md, "Attribution", widening).
+
+        A part opened first because it crossed the thresholds first (its provider answers
+        sooner, or holds more of the volume); once the wide scope opens and attribution finds
+        no part that explains it alone, the parts are affected alike and the wide scope is the
+        one to act on, whatever order the parts crossed in. The parts' incidents close with
+        ``widened_into`` set to the new incident's id, and their scopes (and related scopes)
+        become its related scopes."""
+        st = self.store
+        r = int(f.rows[p])
+        inc = self._new_incident(spec, f, res, p, name)
+        self._open[(spec.type, name)] = inc
+        st.frozen[r] = True
+        self.opened_total[spec.type] = self.opened_total.get(spec.type, 0) + 1
+        out = [IncidentChange.of("opened", inc)]
+        inc.widened_from = []
+        for part in parts:
+            del self._open[(spec.type, part.scope)]
+            part.closed_at = f.now
+            part.widened_into = inc.id
+            inc.widened_from.append(part.id)
+            for s in (part.scope, *part.related):
+                if s != name and s not in inc.related:
+                    inc.related.append(s)
+                    self.related_total += 1
+            pr = st.rows.get(part.scope)
+            if pr is not None and not any(s == part.scope for (_, s) in self._open):
+                st.frozen[pr] = False
+            self._closed.append(part)
+            out.append(IncidentChange.of("closed", part))
+        if len(self._closed) > self.config.keep_closed:
+            del self._closed[: len(self._closed) - self.config.keep_closed]
+        # the snapshot of the opened change carries the parts it widened
+        out[0] = IncidentChange.of("opened", inc)
         return out
 
     def _parts(self, f: Frame) -> dict[int, tuple[int, int]]:
