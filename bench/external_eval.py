@@ -9,7 +9,9 @@ the code (see the generator's docstring). Each file goes through ``repmon replay
 defaults. Per scenario: the first opening of each expected incident (type equal, scope the
 expected one or one of ``also_ok``, opened within ``[onset, end + 30 min]``), its delay, whether
 it was on the expected scope itself, the other openings (false alarms), and what ingest did with
-the lines: accepted, rejected by reason, dropped as late, held early.
+the lines: accepted, rejected by reason, dropped as late, held early. The scope is right when
+the first opening, or the incident it widened into (docs/incidents.md, "Widening"), is on the
+expected scope; the delay to the expected scope is reported beside the first opening's.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.evaluate import widened
 from models.detect.monitor import Monitor
 from streams.cli.replay import replay_lines
 from streams.worker.decoding import ingest_pipeline
@@ -90,13 +93,28 @@ def evaluate(path: Path, truth: dict[str, Any]) -> dict[str, Any]:
             used.add(i)
             if hit is None or o["opened_at"] < hit["opened_at"]:
                 hit = o
+        # the first opening decides the scope, or the incident it widened into
+        final = widened(hit, opened) if hit else None
+        on_expected = [
+            o
+            for o in opened
+            if o["type"] == inc["type"]
+            and o["scope"] == inc["scope"]
+            and inc["onset"] <= o["opened_at"] <= inc["end"] + GRACE_S
+        ]
         rows.append(
             {
                 "type": inc["type"],
                 "expected_scope": inc["scope"],
                 "opened_scope": hit["scope"] if hit else None,
+                "final_scope": final["scope"] if final else None,
                 "delay_s": round(hit["opened_at"] - inc["onset"], 1) if hit else None,
-                "right_scope": bool(hit) and hit["scope"] == inc["scope"],
+                "expected_scope_delay_s": (
+                    round(min(o["opened_at"] for o in on_expected) - inc["onset"], 1)
+                    if on_expected
+                    else None
+                ),
+                "right_scope": bool(final) and final["scope"] == inc["scope"],
                 "also_on": sorted(
                     {
                         o["scope"]
@@ -153,17 +171,25 @@ def main() -> None:
                 file=sys.stderr,
             )
     print(f"seed={args.seed} order={args.order} shapes={args.shapes}\n")
-    print("| scenario | expected | opened on | delay | right scope | false alarms |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| scenario | expected | opened on | delay | right scope | on the expected scope after "
+        "| false alarms |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for name, res in results.items():
         fa = ", ".join(f"{f['type']}@{f['scope']}" for f in res["false_alarms"]) or "0"
         if not res["incidents"]:
-            print(f"| {name} | (quiet) | - | - | - | {fa} |")
+            print(f"| {name} | (quiet) | - | - | - | - | {fa} |")
         for r in res["incidents"]:
             delay = "missed" if r["delay_s"] is None else f"{r['delay_s'] / 60:.1f} min"
+            d_exp = r["expected_scope_delay_s"]
+            exp = "-" if d_exp is None else f"{d_exp / 60:.1f} min"
+            right = "yes" if r["right_scope"] else "no"
+            if r["final_scope"] != r["opened_scope"]:
+                right += f" (widened into {r['final_scope']})"
             print(
                 f"| {name} | {r['type']} @ {r['expected_scope']} | {r['opened_scope'] or '-'} "
-                f"| {delay} | {'yes' if r['right_scope'] else 'no'} | {fa} |"
+                f"| {delay} | {right} | {exp} | {fa} |"
             )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
