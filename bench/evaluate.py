@@ -347,6 +347,24 @@ def _fmt_scope(v: ScopeVerdict) -> str:
     return "yes" if v.right else f"no ({_md(v.first_scope or '')})"
 
 
+def better(
+    mine: float | None,
+    my_fa: int,
+    my_day_fa: float,
+    other: float | None,
+    other_fa: int,
+    other_day_fa: float,
+) -> bool:
+    """Whether repmon beats a baseline on one truth entry: it detects, and the baseline misses,
+    is slower, or has more false alarms in the run; a tie in delay (both open at the same
+    tick) goes to the one with fewer false alarms per simulated day over the whole bench."""
+    if mine is None:
+        return False
+    if other is None or mine < other or my_fa < other_fa:
+        return True
+    return mine == other and my_day_fa < other_day_fa
+
+
 def summarise(results: list[RunResult]) -> tuple[str, dict[str, Any]]:
     lines = [
         "| run | truth (type @ act scope) | repmon | right scope | repmon FA | static | static FA | kumo | kumo FA |",
@@ -357,6 +375,13 @@ def summarise(results: list[RunResult]) -> tuple[str, dict[str, Any]]:
         "|---|---|---|---|---|---|---|---|",
     ]
     total_days = sum(r.days for r in results)
+    # false alarms per simulated day of the whole bench, per detector: a tie in delay within a
+    # run (both open at the same tick) goes to the one with fewer false alarms overall
+    day_fa = {
+        k: sum(_match(getattr(r, attr), r.truth, typed=k == "repmon")[1] for r in results)
+        / max(total_days, 1e-9)
+        for k, attr in (("repmon", "monitor"), ("static", "static"), ("kumo", "kumo"))
+    }
     fa = {"repmon": 0, "static": 0, "kumo": 0}
     verdicts: list[dict[str, Any]] = []
     ok_all = True
@@ -380,14 +405,9 @@ def summarise(results: list[RunResult]) -> tuple[str, dict[str, Any]]:
             target11 = TARGET_DELAY_ISSUE11.get(t["type"])
             hit = md[i] is not None and (target is None or md[i] <= target)  # type: ignore[operator]
 
-            def better(
-                other: float | None, other_fa: int, mine: float | None = md[i], my_fa: int = mfa
-            ) -> bool:
-                if mine is None:
-                    return False
-                return other is None or mine < other or my_fa < other_fa
-
-            beats = better(sd[i], sfa) and better(kd[i], kfa)
+            beats = better(md[i], mfa, day_fa["repmon"], sd[i], sfa, day_fa["static"]) and better(
+                md[i], mfa, day_fa["repmon"], kd[i], kfa, day_fa["kumo"]
+            )
             ok_all &= hit and beats
             met11 = meets_issue11(sv, target11) and beats
             ok11 &= met11

@@ -13,6 +13,7 @@ from bench.evaluate import (
     RunResult,
     ScopeVerdict,
     _match,
+    better,
     meets_issue11,
     right_scope,
     summarise,
@@ -217,3 +218,28 @@ def test_runs_cover_the_issue11_scenarios() -> None:
         assert names[sc][1] == sc and names[sc][2] == 8.0
     assert names["normal-24h-gmail-no-fbl"][2] == 24.0
     assert {r[1] for r in RUNS} <= set(SCENARIOS)
+
+
+@pytest.mark.parametrize(
+    ("mine", "my_fa", "my_day", "other", "other_fa", "other_day", "want"),
+    [
+        (None, 0, 0.0, None, 0, 0.0, False),  # repmon missed
+        (60.0, 0, 0.0, None, 0, 0.0, True),  # the baseline missed
+        (60.0, 3, 5.0, 120.0, 0, 0.0, True),  # faster
+        (120.0, 0, 0.0, 60.0, 2, 0.0, True),  # slower, fewer false alarms in the run
+        (120.0, 0, 0.0, 60.0, 0, 30.0, False),  # slower, as clean in the run
+        (60.0, 0, 0.3, 60.0, 0, 34.4, True),  # a tie goes to fewer false alarms overall
+        (60.0, 0, 0.3, 60.0, 0, 0.3, False),  # a tie with as many is not better
+        (60.0, 1, 0.3, 60.0, 1, 0.1, False),
+    ],
+)
+def test_better_than_a_baseline(
+    mine: float | None,
+    my_fa: int,
+    my_day: float,
+    other: float | None,
+    other_fa: int,
+    other_day: float,
+    want: bool,
+) -> None:
+    assert better(mine, my_fa, my_day, other, other_fa, other_day) is want
