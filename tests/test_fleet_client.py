@@ -1,6 +1,7 @@
 """The fleet client (streams/fleet/): lookups over records fed directly (most restrictive wins,
-expiry, tombstones, the cache), the fallback without a broker, the token buckets, and one
-integration test that follows a real compacted topic (marked kafka: fails without a broker)."""
+expiry, tombstones, the cache), the fallback without a broker, the token buckets, and
+integration tests that follow a real compacted topic, written plainly and in transactions as
+the worker writes it (marked kafka: fail without a broker)."""
 
 from __future__ import annotations
 
@@ -489,6 +490,48 @@ def test_follows_a_compacted_topic(kafka_bootstrap: str) -> None:
             assert client.stop(timeout=15), "the follower thread did not stop"
             assert not client.healthy
         producer.close(timeout=10)
+        try:
+            admin.delete_topics([topic])
+        finally:
+            admin.close()
+
+
+@pytest.mark.kafka
+def test_records_of_an_aborted_transaction_are_never_obeyed(kafka_bootstrap: str) -> None:
+    """The worker writes throttle records in the transaction of its snapshot; a fenced owner's
+    aborted transaction must not throttle the fleet (read_committed), and the catch-up ends
+    although the partition ends with a transaction marker."""
+    from kafka import KafkaAdminClient, KafkaProducer
+    from kafka.admin import NewTopic
+
+    topic = f"it-throttle-tx-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, request_timeout_ms=15000)
+    admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"cleanup.policy": "compact"})])
+    now = time.time()
+    p = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"it-{uuid.uuid4().hex}")
+    client: ThrottleClient | None = None
+    try:
+        p.init_transactions()
+        p.begin_transaction()
+        p.send(topic, key=b"provider:google", value=wire(rec("provider:google", 0.5, at=now)))
+        p.commit_transaction()
+        p.begin_transaction()
+        p.send(
+            topic, key=b"provider:google", value=wire(rec("provider:google", 0.0, "paused", at=now))
+        )
+        p.send(topic, key=b"provider:yahoo", value=wire(rec("provider:yahoo", 0.1, at=now)))
+        p.flush()  # on the broker, then aborted
+        p.abort_transaction()
+        client = ThrottleClient(kafka_bootstrap, topic, health_every_s=0.5, poll_timeout_s=0.2)
+        client.start()
+        assert client.wait_ready(60), "the client did not catch up with the topic"
+        assert client.decisions().keys() == {"provider:google"}
+        assert client.factor(domain="gmail.com", provider="google") == 0.5
+        assert client.factor(domain="yahoo.com", provider="yahoo") == 1.0
+    finally:
+        if client is not None:
+            assert client.stop(timeout=15), "the follower thread did not stop"
+        p.close(timeout=10)
         try:
             admin.delete_topics([topic])
         finally:

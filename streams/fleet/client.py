@@ -78,7 +78,9 @@ class ThrottleClient(CompactedTopicFollower[tuple[str, ThrottleRecord | None]]):
         cache_max_entries: int = 100_000,
         **follow: Unpack[FollowOptions],
     ) -> None:
-        super().__init__(bootstrap, topic, **follow)
+        # the worker writes the topic in transactions (with its snapshots): records of an
+        # aborted transaction (a fenced owner) are never obeyed
+        super().__init__(bootstrap, topic, isolation_level="read_committed", **follow)
         self.clock = clock
         self.cache_max_entries = cache_max_entries
         # the table and the cache are replaced, never mutated in place, by the writer: readers
