@@ -15,7 +15,7 @@ meta record still names it. Reading the partition from the start to its end and 
 meta with all its pieces (sha256 checked) gives the newest complete snapshot.
 
 The Monitor's owner writes in a Kafka transaction together with the incident changes of the same
-tick (streams/worker/app.py), so a snapshot and the changes it reflects land together or not at
+tick (streams/worker/ticking.py), so a snapshot and the changes it reflects land together or not at
 all.
 """
 

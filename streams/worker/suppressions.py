@@ -7,7 +7,7 @@ each input partition ``p`` a worker reads has a :class:`PartitionSuppression`: t
 ``<data_dir>/suppressions/<topic>-<p>``, whose changelog is partition ``p`` of the compacted topic
 ``repmon.suppressions`` (keyed by the 64-hex recipient key; a tombstone: back to active).
 
-**Each tick** (``streams/worker/app.py``, inside the flush that sends the tick's deltas):
+**Each tick** (``streams/worker/ticking.py``, inside the flush that sends the tick's deltas):
 
 1. :meth:`PartitionSuppression.step`: the incidents the worker follows (:class:`IncidentFollower`)
    that closed release what they held, new quarantining incidents start holding, the tick's

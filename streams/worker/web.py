@@ -1,9 +1,12 @@
-"""The worker's data and action endpoints besides /status and the probes: the throttle decisions
-(GET), manual overrides (PUT/DELETE), the incidents, and the KumoMTA-compatible endpoints.
+"""The worker's web views: /metrics, /status and the probes (:func:`worker_pages`, Faust pages
+that streams/worker/app.py registers), and its data and action endpoints: the throttle decisions
+(GET), manual overrides (PUT/DELETE), the incidents, the recipient suppressions, and the
+KumoMTA-compatible endpoints.
 
-They are plain aiohttp handlers on the Faust app's web server (``app.web.web_app.router``).
-Everything that exposes data or changes state takes the bearer token (``REPMON_API_TOKEN``,
-constant-time compare); with no token configured they are open, as /status.
+The endpoints are plain aiohttp handlers on the Faust app's web server
+(``app.web.web_app.router``). Everything that exposes data or changes state takes the bearer
+token (``REPMON_API_TOKEN``, constant-time compare); with no token configured they are open, as
+/status.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import WSMsgType, web
 from aiokafka import AIOKafkaProducer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from models.act.kumo import (
     KumoConfig,
@@ -33,12 +38,16 @@ from models.act.throttle_record import ThrottleRecord
 from streams.fleet.client import ThrottleClient
 from streams.worker.owners import Owner
 from streams.worker.settings import Settings
+from streams.worker.state import WorkerState
 from streams.worker.suppressions import key_partition
 
 log = logging.getLogger("repmon.worker")
 
 #: the longest a manual override may hold (it never blocks mail forever either)
 MAX_OVERRIDE_S = 7 * 86400.0
+
+#: the most scopes per kind /status returns
+MAX_STATUS_TOP = 1000
 
 
 def check_token(expected: str, header: str | None) -> str | None:
@@ -301,15 +310,90 @@ def install_kumo_endpoints(
     router.add_get(base + "/subscribe_suspension_v1", subscriber(legacy=True))
 
 
-__all__ = [
-    "MAX_OVERRIDE_S",
-    "audit_key",
-    "check_token",
-    "install_kumo_endpoints",
-    "install_throttle_endpoints",
-    "manual_override",
-    "path_token_ok",
-]
+#: a Faust page handler: called with the Faust view (its ``json`` and ``bytes`` make the
+#: response) and the request
+PageHandler = Callable[[Any, Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class WorkerPages:
+    """The handlers of /metrics, /livez, /readyz (and /healthz) and /status."""
+
+    metrics: PageHandler
+    livez: PageHandler
+    ready: PageHandler
+    status: PageHandler
+
+
+def worker_pages(state: WorkerState) -> WorkerPages:
+    """The worker's own pages over ``state``; streams/worker/app.py registers them with
+    ``app.page``."""
+    m = state.metrics
+    settings = state.settings
+
+    async def metrics_view(web: Any, request: Any) -> Any:
+        # aiohttp takes the charset separately from the content type
+        ctype = CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
+        # at scrape time, not in the tick: a worker whose ticks stopped must not stay "ready"
+        m.ready.set(0 if state.readiness_problems() else 1)
+        return web.bytes(generate_latest(m.registry), content_type=ctype)
+
+    async def livez(web: Any, request: Any) -> Any:
+        return web.json({"status": "alive", "instance": state.instance})
+
+    async def ready_view(web: Any, request: Any) -> Any:
+        problems = state.readiness_problems()
+        body = {
+            "status": "ready" if not problems else "not ready",
+            "problems": problems,
+            "instance": state.instance,
+            "ticks": state.ticks,
+        }
+        return web.json(body, status=200 if not problems else 503)
+
+    async def status(web: Any, request: Any) -> Any:
+        denied = check_token(settings.api_token, request.headers.get("Authorization"))
+        if denied:
+            return web.json({"error": denied}, status=401)
+        raw = request.query.get("top", "20")
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_STATUS_TOP:
+            return web.json(
+                {"error": f"top must be an integer from 1 to {MAX_STATUS_TOP}, not {raw[:20]!r}"},
+                status=400,
+            )
+        return web.json(status_document(state, int(raw)))
+
+    return WorkerPages(metrics=metrics_view, livez=livez, ready=ready_view, status=status)
+
+
+def status_document(state: WorkerState, top: int = 20) -> dict[str, Any]:
+    ingest: dict[str, Any] = {
+        "partitions": sorted(state.pipelines),
+        "accepted": sum(p.stats.accepted for p in state.pipelines.values()),
+        "rejected": {},
+        "duplicates": sum(p.stats.duplicates for p in state.pipelines.values()),
+        "watermark": max((p.watermark for p in state.pipelines.values()), default=0.0),
+    }
+    ignored: dict[str, int] = {}
+    for p in state.pipelines.values():
+        for k, v in p.stats.rejected.items():
+            if v:
+                ingest["rejected"][k] = ingest["rejected"].get(k, 0) + v
+        for k, v in p.stats.ignored_fields.items():
+            ignored[k] = ignored.get(k, 0) + v
+    ingest["ignored_fields"] = ignored
+    return {
+        "instance": state.instance,
+        "uptime_s": round(time.time() - state.started, 1),
+        "ticks": state.ticks,
+        "ingest": ingest,
+        "rollup": {
+            "watermark": state.watermark(),
+            "input_partitions": state.tracker.status(time.monotonic()),
+            "owned_partitions": {str(p): o.status() for p, o in sorted(state.owners.items())},
+        },
+        "monitor": state.monitor.status(top),
+    }
 
 
 #: header a forwarded GET /suppressions/{key} carries (a worker never forwards it again)
@@ -397,3 +481,20 @@ def install_suppression_endpoints(router: Any, settings: Settings, state: Any) -
             )
 
     router.add_get("/suppressions/{key}", lookup)
+
+
+__all__ = [
+    "FORWARDED",
+    "MAX_OVERRIDE_S",
+    "MAX_STATUS_TOP",
+    "WorkerPages",
+    "audit_key",
+    "check_token",
+    "install_kumo_endpoints",
+    "install_suppression_endpoints",
+    "install_throttle_endpoints",
+    "manual_override",
+    "path_token_ok",
+    "status_document",
+    "worker_pages",
+]
