@@ -20,9 +20,12 @@ shows on ``ip:``, ``pool:``, ``sender:`` ...). Candidates are opened in each det
 preference order; a candidate is attached to an open incident of the same type as a *related
 scope* instead of opening its own when its parent has one, or when the open incident is on a
 scope of another kind whose excess count is at least ``related_excess_ratio`` of the candidate's
-(the candidate's surge can be a subset of the same events; scopes of one kind are disjoint, so
-they never explain each other). This can hide a second, smaller, simultaneous incident of the same
-type on another scope kind: it is listed in ``related_scopes`` of the first.
+(the candidate's surge can be a subset of the same events; scopes of one kind, and scopes at two
+different providers, are disjoint (``disjoint``), so they never explain each other). Within one
+run the outcome does not depend on the order (``_absorb_same_run``), and a combined-scope part
+that opened first widens into its wide scope when that opens (``_widen``). This can hide a
+second, smaller, simultaneous incident of the same type on another scope kind: it is listed in
+``related_scopes`` of the first.
 """
 
 from __future__ import annotations
@@ -55,6 +58,24 @@ from models.state.snapshot import Snap
 
 F64 = NDArray[np.float64]
 _KIND_CODE = {k: i for i, k in enumerate(ALL_SCOPE_KINDS)}
+
+
+def _provider_part(scope: str) -> str | None:
+    """``provider:P`` of a provider scope or a combined scope ``X|provider:P``, else None."""
+    if scope.startswith("provider:"):
+        return scope
+    _, bar, prov = scope.partition("|")
+    return prov if bar and prov.startswith("provider:") else None
+
+
+def disjoint(a: str, b: str) -> bool:
+    """Whether two scopes can hold none of the same events: scopes of one kind (one IP is not
+    another), or scopes at two different providers (``ip:X|provider:yahoo`` and
+    ``pool:Y|provider:microsoft``). Only scopes that are not disjoint can be related."""
+    if scope_kind(a) == scope_kind(b):
+        return True
+    pa, pb = _provider_part(a), _provider_part(b)
+    return pa is not None and pb is not None and pa != pb
 
 
 def _parent_scope(scope: str) -> str | None:
@@ -278,7 +299,58 @@ class Monitor:
             if inc.explained_by is None:
                 self.opened_total[spec.type] = self.opened_total.get(spec.type, 0) + 1
                 changes.append(IncidentChange.of("opened", inc))
-        return changes
+        return self._absorb_same_run(spec, changes)
+
+    def _absorb_same_run(
+        self, spec: DetectorSpec, changes: list[IncidentChange]
+    ) -> list[IncidentChange]:
+        """Make the incidents opened in one run independent of the order they were opened in.
+
+        Candidates open in the detector's kind preference order, and a candidate is related to
+        an incident that is already open (``_related_to``). Within one run, a smaller incident
+        can therefore open before the larger one it would have been related to (the IPs of a
+        pool blocked at Yahoo, attributed to their ``ip:X|provider:yahoo`` parts before the
+        pool's part opens): such an incident is not reported, and becomes a related scope of
+        the larger one, exactly as if the larger one had opened first."""
+        opened = [c.incident for c in changes if c.action == "opened"]
+        if len(opened) < 2:
+            return changes
+        lo = self.config.related_excess_ratio
+        kept: list[Incident] = []
+        dropped: set[str] = set()
+        for inc in sorted(opened, key=lambda i: -i.excess):
+            into = next(
+                (
+                    k
+                    for k in kept
+                    if not disjoint(k.scope, inc.scope)
+                    and not inc.widened_from
+                    and inc.excess > 0
+                    and inc.excess <= k.excess / lo
+                ),
+                None,
+            )
+            if into is None:
+                kept.append(inc)
+                continue
+            dropped.add(inc.id)
+            del self._open[(spec.type, inc.scope)]
+            r = self.store.rows.get(inc.scope)
+            if r is not None and not any(s == inc.scope for (_, s) in self._open):
+                self.store.frozen[r] = False
+            self.opened_total[spec.type] -= 1
+            for s in (inc.scope, *inc.related):
+                if s != into.scope and s not in into.related:
+                    into.related.append(s)
+                    self.related_total += 1
+        if not dropped:
+            return changes
+        # the opened records carry the related scopes they have at the end of the run
+        return [
+            IncidentChange.of("opened", c.incident) if c.action == "opened" else c
+            for c in changes
+            if c.incident.id not in dropped
+        ]
 
     def _open_one(
         self, spec: DetectorSpec, f: Frame, res: SpecResult, q: int, related: str
@@ -412,6 +484,7 @@ class Monitor:
             },
             peak_rate=rate,
             last_hot=f.now,
+            excess=float(res.excess[p]),
         )
 
     def _explained(
@@ -447,9 +520,9 @@ class Monitor:
         lo = self.config.related_excess_ratio
         best: Incident | None = None
         best_gap = math.inf
-        my_kind = scope_kind(st.names[r] or "")
+        my_name = st.names[r] or ""
         for (typ, scope), inc in self._open.items():
-            if typ != spec.type or scope_kind(scope) == my_kind:
+            if typ != spec.type or disjoint(scope, my_name):
                 continue
             orow = st.rows.get(scope)
             if orow is None or f.pos_of_row[orow] < 0:
