@@ -57,6 +57,44 @@ def private_topics(tag: str) -> dict[str, str]:
     }
 
 
+class PrivateBroker:
+    """A broker of our own, to stop and start under a test: deploy/kafka/local-kafka on two free
+    ports (client and controller) with its state under ``tmp`` (the suite's shared broker is
+    never touched). ``run("start")`` / ``run("stop")``; clients connect to :attr:`bootstrap`."""
+
+    def __init__(self, tmp: Path) -> None:
+        port, cport = free_port(), free_port()
+        while cport == port:  # two calls may give the same port; local-kafka refuses it
+            cport = free_port()
+        self.bootstrap = f"127.0.0.1:{port}"
+        self.env = dict(os.environ)
+        self.env.pop("REPMON_KAFKA_BOOTSTRAP", None)
+        self.env.update(
+            REPMON_KAFKA_PORT=str(port),
+            REPMON_KAFKA_CONTROLLER_PORT=str(cport),
+            REPMON_KAFKA_STATE_DIR=str(tmp / "kafka"),
+            # the readiness probe imports kafka-python: this interpreter has it
+            REPMON_PYTHON=sys.executable,
+        )
+
+    def run(self, verb: str) -> None:
+        """``local-kafka <verb>``; fails the test with the tool's output when the tool fails."""
+        r = subprocess.run(
+            [str(REPO / "deploy/kafka/local-kafka"), verb],
+            env=self.env,
+            capture_output=True,
+            timeout=180,
+        )
+        assert r.returncode == 0, f"local-kafka {verb}: {r.stdout.decode()}{r.stderr.decode()}"
+
+    def reachable(self) -> bool:
+        """Whether the broker's client port accepts a connection."""
+        host, _, port = self.bootstrap.partition(":")
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            return s.connect_ex((host, int(port))) == 0
+
+
 class WorkerProc:
     """`repmon worker` as a subprocess on private topics and a private port."""
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from models.ingest.formats import make_parser, parse_records
 from models.ingest.validate import Rejection, recipient_key
 from streams.cli.dlq import INTENT, MARKER_HEADER, REDRIVE_HEADER, parse_since, restore_keys
-from streams.cli.ingest import ADDRESS_PATTERN, redact, redact_keyed
+from streams.redaction import ADDRESS_PATTERN, redact, redact_keyed
 from streams.worker.wire import dlq_record
 from tests.conftest import REPO, private_topics
 from tests.test_ingest_follow import CLEAR, read_topic

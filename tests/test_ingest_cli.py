@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from models.ingest.formats import make_parser, parse_records
-from streams.cli.ingest import redact
 from streams.cli.main import app
+from streams.redaction import redact
 from tests.conftest import REPO, private_topics
 
 DATA = REPO / "tests" / "data" / "formats"

@@ -3,10 +3,7 @@ traffic, and a broker stop and start. These tests fail (never skip) without a br
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
 import threading
 import time
 import urllib.error
@@ -20,7 +17,7 @@ import orjson
 import pytest
 
 from models.sim.simulator import SimConfig, Simulator
-from tests.conftest import REPO, WorkerProc, free_port
+from tests.conftest import PrivateBroker, WorkerProc
 from tests.test_integration_kafka import produce, read_incidents_until, replay_opened, wait_for
 
 pytestmark = pytest.mark.kafka
@@ -226,40 +223,6 @@ def test_one_two_one_workers_under_traffic(kafka_bootstrap: str, tmp_path: Path)
     finally:
         b.stop()
         a.stop()
-
-
-def _free_port_pair() -> tuple[int, int]:
-    return free_port(), free_port()
-
-
-class PrivateBroker:
-    """A broker of our own (deploy/kafka/local-kafka on free ports), to stop and start."""
-
-    def __init__(self, tmp: Path) -> None:
-        port, cport = _free_port_pair()
-        self.bootstrap = f"127.0.0.1:{port}"
-        self.env = dict(os.environ)
-        self.env.pop("REPMON_KAFKA_BOOTSTRAP", None)
-        self.env.update(
-            REPMON_KAFKA_PORT=str(port),
-            REPMON_KAFKA_CONTROLLER_PORT=str(cport),
-            REPMON_KAFKA_STATE_DIR=str(tmp / "kafka"),
-        )
-
-    def run(self, verb: str) -> None:
-        subprocess.run(
-            [str(REPO / "deploy/kafka/local-kafka"), verb],
-            env=self.env,
-            check=True,
-            capture_output=True,
-            timeout=180,
-        )
-
-    def reachable(self) -> bool:
-        host, _, port = self.bootstrap.partition(":")
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            return s.connect_ex((host, int(port))) == 0
 
 
 def readyz(w: WorkerProc) -> tuple[int, dict[str, Any]]:

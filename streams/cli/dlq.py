@@ -37,7 +37,8 @@ import typer
 
 from models.ingest.formats import FORMATS, Parser
 from models.ingest.validate import recipient_key
-from streams.cli.ingest import build_parser, event_key, redact, scan_headers
+from streams.cli.ingest import build_parser, event_key, scan_headers
+from streams.redaction import redact
 
 if TYPE_CHECKING:
     from kafka import KafkaConsumer, TopicPartition

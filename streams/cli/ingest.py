@@ -30,7 +30,6 @@ import fcntl
 import hashlib
 import inspect
 import os
-import re
 import signal
 import sys
 import threading
@@ -47,7 +46,8 @@ import orjson
 import typer
 
 from models.ingest.formats import FORMATS, Format, Parser
-from models.ingest.validate import Rejection, recipient_key
+from models.ingest.validate import Rejection
+from streams.redaction import redact, redact_keyed
 
 if TYPE_CHECKING:
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -89,79 +89,6 @@ def convert(
             for n, rec in enumerate(records(fh, fmt)):
                 ev, rej = parser.feed(rec)
                 yield name, n, rec, ev, rej
-
-
-#: an e-mail address in a raw record (for the dead letters: the address does not leave the host):
-#: a local part (which may hold UTF-8, SMTPUTF8: no clear tail of it is left behind), ``@``, a
-#: domain. The reference pattern; :func:`addresses` finds the same matches in linear time (the
-#: pattern backtracks quadratically over a long run of local-part bytes without ``@``: 2 s for
-#: 40 kB, a quarter of an hour for a 1 MiB record)
-ADDRESS_PATTERN = re.compile(
-    rb"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~\x80-\xff-]+@([A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)"
-)
-_LOCAL_BYTES = frozenset(
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.!#$%&'*+/=?^_`{|}~-"
-)
-_LOCAL_BYTES |= frozenset(range(0x80, 0x100))
-_DOMAIN_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-")
-_ALNUM = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
-#: byte -> b"L" (local part) or b" "; byte -> b"D" (domain) or b" "
-_LOCAL_TABLE = bytes(0x4C if c in _LOCAL_BYTES else 0x20 for c in range(256))
-_DOMAIN_TABLE = bytes(0x44 if c in _DOMAIN_BYTES else 0x20 for c in range(256))
-
-
-def addresses(raw: bytes) -> list[tuple[int, int, int]]:
-    """(start, ``@``, end) of every match of ADDRESS_PATTERN in ``raw``, left to right, in
-    linear time: from each ``@`` back over the local part (never before the previous match's
-    end), and forward over the domain (trailing dots and hyphens dropped)."""
-    at = raw.find(b"@")
-    if at < 0:
-        return []
-    local, domain = raw.translate(_LOCAL_TABLE), raw.translate(_DOMAIN_TABLE)
-    n = len(raw)
-    out: list[tuple[int, int, int]] = []
-    pos = 0
-    while at >= 0:
-        start = max(pos, local.rfind(b" ", pos, at) + 1)
-        if start < at and at + 1 < n and raw[at + 1] in _ALNUM:
-            end = domain.find(b" ", at + 1)
-            end = n if end < 0 else end
-            end = at + 1 + len(raw[at + 1 : end].rstrip(b".-"))
-            out.append((start, at, end))
-            pos = end
-            at = raw.find(b"@", end)
-        else:
-            at = raw.find(b"@", at + 1)
-    return out
-
-
-def _redacted(raw: bytes, found: list[tuple[int, int, int]]) -> bytes:
-    parts: list[bytes] = []
-    last = 0
-    for start, at, end in found:
-        parts += [raw[last:start], b"redacted", raw[at:end]]
-        last = end
-    parts.append(raw[last:])
-    return b"".join(parts)
-
-
-def redact(raw: bytes) -> bytes:
-    """``raw`` with every e-mail address replaced by ``redacted@<its domain>``: a dead letter
-    keeps the record's shape and reason, never a recipient in clear (the original is still in
-    the sender's own log)."""
-    found = addresses(raw)
-    return _redacted(raw, found) if found else raw
-
-
-def redact_keyed(raw: bytes) -> tuple[bytes, list[str]]:
-    """:func:`redact`, and the recipient key (docs/events.md) of each address replaced, in order:
-    what ``repmon dlq redrive`` needs to give re-driven events their true keys (a key is what
-    the events topic carries anyway, never the address)."""
-    found = addresses(raw)
-    if not found:
-        return raw, []
-    keys = [recipient_key(raw[s:e].decode("utf-8", "replace")) for s, _, e in found]
-    return _redacted(raw, found), keys
 
 
 def dead_letter(
