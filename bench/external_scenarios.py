@@ -29,7 +29,12 @@ Traffic model
   come only from feedback-loop providers (Yahoo/AOL CFL, Microsoft JMRP, Comcast), never from
   Gmail. Opens, clicks and unsubscribes come from the tracking service.
 * A scenario overlays one incident on this traffic: a reply key with a ramped probability on
-  the matching attempts, or a complaint probability for one campaign at one provider.
+  the matching attempts (per provider it may start later, with its own ramp: ``stagger``), or
+  a complaint probability for one campaign at one provider.
+* Truth: each incident's ``scope`` is the one scope an engineer acts on under
+  docs/incidents.md, "Attribution" (a combined scope ``X|provider:P`` for one sending dimension
+  at one provider; the wide scope when its parts are affected alike); ``also_ok`` lists the
+  other scopes where it would still be a detection, wider or narrower.
 
 Log-order model (``--order log``)
 ---------------------------------
@@ -39,9 +44,11 @@ lines after a small lag in batches of 2-5 s (the FBL processor once a minute); l
 slightly reordered inside a batch and batches of all sources interleave by flush time. Node
 ``mta-3`` is slow: its lag wanders between 2 and 8 min. A retry or a DSN is never logged before
 the attempt it follows. Complaints carry the original send time but arrive 0.5-24 h later
-(log-normal, median 1.5 h). About 0.3 % of batches are shipped twice (at-least-once). Apart from
-complaints, no line is more than 15 min older than a line before it. ``--order sorted`` writes
-the same lines (duplicates included) stably sorted by timestamp value.
+(log-normal, median 1.5 h); a scenario's ``fast_fbl`` provider reports most of them 5-20 min
+after the delivery instead (``fast_fbl_lag``). About 0.3 % of batches are shipped twice
+(at-least-once). Apart from complaints, no line is more than 15 min older than a line before
+it. ``--order sorted`` writes the same lines (duplicates included) stably sorted by timestamp
+value.
 
 Field shapes (``--shapes messy``, the default) follow each source's adapter: epoch floats and
 ints, RFC 3339 with ``Z``, with offsets (``+01:00`` node clock, ``-05:00`` ARF dates), with
@@ -92,6 +99,7 @@ def _rows(text: str) -> list[str]:
 # SMTP replies. Row: family | key[*weight] | code | text. Code "421-4.7.28" is a multi-line
 # reply on the wire, "550 5.1.1" a single line, "554" / "554-" without enhanced code, "-" a
 # connection failure without any reply. Every family's "transient" list also gets the timeout.
+# "dmarc": the refusal of a DMARC p=reject failure (only forced by a scenario).
 G = "https://support.google.com/mail/?p="
 YH = "https://postmaster.yahooinc.com/error-codes"
 MC = "https://community.mimecast.com/docs/DOC-1369#"
@@ -105,7 +113,7 @@ generic | throttle | 421 4.7.0 | {{host}} Error: too many connections from {{ip}
 generic | transient | 451 4.3.0 | <{{rcpt}}>: Temporary lookup failure
 generic | transient | 421 4.3.2 | Service not available, closing transmission channel
 generic | block | 554 5.7.1 | Service unavailable; Client host [{{ip}}] blocked using zen.spamhaus.org; https://www.spamhaus.org/query/ip/{{ip}}
-generic | auth | 550 5.7.26 | This message does not pass authentication checks (SPF and DKIM both do not pass). DMARC policy of {{sender}} is reject.
+generic | auth,dmarc | 550 5.7.26 | This message does not pass authentication checks (SPF and DKIM both do not pass). DMARC policy of {{sender}} is reject.
 generic | grey | 450 4.2.0 | <{{rcpt}}>: Recipient address rejected: Greylisted, see http://postgrey.schweikert.ch/help/{{dom}}.html
 generic | dsn | 550 5.1.1 | <{{rcpt}}>: Recipient address rejected: User unknown in virtual mailbox table
 generic | dsn | 550 5.1.10 | RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup
@@ -118,7 +126,7 @@ gmail | throttle | 452-4.2.1 | The recipient you are trying to contact is receiv
 gmail | transient | 421-4.3.0 | Temporary System Problem.  Try again later (10). {{g}}
 gmail | transient | 451 4.3.0 | Mail server temporarily rejected message. {{g}}
 gmail | block | 550-5.7.1 | [{{ip}}] Gmail has detected that this message is likely unsolicited mail. To reduce the amount of spam sent to Gmail, this message has been blocked. For more information, go to {G}UnsolicitedMessageError {{g}}
-gmail | auth | 550-5.7.26 | Unauthenticated email from {{sender}} is not accepted due to domain's DMARC policy. Please contact the administrator of {{sender}} domain if this was a legitimate mail. To learn about the DMARC initiative, go to {G}DmarcRejection {{g}}
+gmail | auth,dmarc | 550-5.7.26 | Unauthenticated email from {{sender}} is not accepted due to domain's DMARC policy. Please contact the administrator of {{sender}} domain if this was a legitimate mail. To learn about the DMARC initiative, go to {G}DmarcRejection {{g}}
 ms | ok | 250 2.6.0 | {{mid}} [InternalId={{iid}}, Hostname={{msh}}.prod.exchangelabs.com] Queued mail for delivery -> 250 2.1.5
 ms | unknown | 550 5.5.0 | Requested action not taken: mailbox unavailable (S2017062302). {{ms}}
 ms | full | 552 5.2.2 | Requested mail action aborted: exceeded storage allocation. {{ms}}
@@ -129,7 +137,7 @@ ms,m365 | transient,outage*2 | 451 4.7.0 | Temporary server error. Please try ag
 ms | outage | 451 4.7.650 | The mail server [{{ip}}] has been temporarily rate limited due to IP reputation. For e-mail delivery information, see https://postmaster.live.com (S775) {{ms}}
 ms | outage*3 | - | connect to {{host}}:25: Connection timed out
 ms | block | 550 5.7.1 | Unfortunately, messages from [{{ip}}] weren't sent. Please contact your Internet service provider since part of their network is on our block list (S3150). You can also refer your provider to http://mail.live.com/mail/troubleshooting.aspx#errors. {{ms}}
-ms | auth | 550 5.7.515 | Access denied, sending domain [{{SENDER}}] doesn't meet the required authentication level. The sender's domain in the 5322.From address doesn't meet the authentication requirements defined for the sender. To learn more about the requirements, see https://go.microsoft.com/fwlink/?linkid=2289955 {{ms}}
+ms | auth,dmarc | 550 5.7.515 | Access denied, sending domain [{{SENDER}}] doesn't meet the required authentication level. The sender's domain in the 5322.From address doesn't meet the authentication requirements defined for the sender. To learn more about the requirements, see https://go.microsoft.com/fwlink/?linkid=2289955 {{ms}}
 m365 | ok | 250 2.6.0 | {{mid}} [InternalId={{iid}}, Hostname={{msh}}.prod.outlook.com] Queued mail for delivery
 m365 | unknown | 550 5.1.10 | RESOLVER.ADR.RecipientNotFound; Recipient {{rcpt}} not found by SMTP address lookup
 m365 | full | 552 5.2.2 | mailbox full; STOREDRV.Deliver.Exception:QuotaExceededException.MapiExceptionShutoffQuotaExceeded
@@ -144,6 +152,8 @@ yahoo | block,pool_block*5 | 553 5.7.1 | [BL21] Connections will not be accepted
 yahoo | block,pool_block*4 | 554 5.7.9 | Message not accepted for policy reasons.  See {YH}
 yahoo | pool_block | 421 4.7.0 | [TSS09] All messages from {{ip}} will be permanently deferred; Retrying will NOT succeed. See {YH}
 yahoo | auth | 550 5.7.9 | This mail has been blocked because the sender is unauthenticated. Yahoo requires all senders to authenticate with either SPF or DKIM.
+# Yahoo's DMARC p=reject refusal (help.yahoo.com SLN7253) is its generic policy reply, as in "block"
+yahoo | dmarc | 554 5.7.9 | Message not accepted for policy reasons.  See {YH}
 apple | unknown | 550 5.1.1 | <{{rcpt}}>: user does not exist
 apple | full | 552 5.2.2 | <{{rcpt}}>: user is over quota
 apple | throttle | 421 4.7.0 | Too many connections from {{ip}}, please try again later
@@ -454,33 +464,49 @@ class Scenario:
     ramp: float = 120.0
     match: Match = lambda i, d, s: False
     domains_ok: bool = False  # the matching recipient domains are acceptable scopes too
+    # per provider (name, delay s after the onset, ramp s): parts that start failing later
+    stagger: tuple[tuple[str, float, float], ...] = ()
+    fast_fbl: str = ""  # provider whose feedback loop reports within minutes (log order)
 
-    def prob(self, t: float, on: float) -> float:
-        return self.p * min(1.0, (t - on) / self.ramp) if on <= t < on + self.dur else 0.0
+    def prob(self, t: float, on: float, provider: str = "") -> float:
+        delay, ramp = 0.0, self.ramp
+        for name, dl, rp in self.stagger:
+            if name == provider:
+                delay, ramp = dl, rp
+        start = on + delay
+        return self.p * min(1.0, (t - start) / ramp) if start <= t < on + self.dur else 0.0
 
 
-IP12, BB = "ip:198.51.100.12", "sender:notify.brightbank.example"
+def at(scope: str, provider: str) -> str:
+    """A combined scope, one sending dimension at one provider (docs/incidents.md)."""
+    return f"{scope}|provider:{provider}"
+
+
+IP11, IP12, CAMP = "ip:198.51.100.11", "ip:198.51.100.12", "campaign:acme-bf-preview"
+BB, BBS = "sender:notify.brightbank.example", "sender:secure.brightbank.example"
+SHARED_A = tuple(f"ip:{IPS[i]}" for i in POOLS["shared-a"])
 MS_CONSUMER = ("outlook.com", "hotmail.com", "live.com", "msn.com")
+# scope: the one scope to act on (docs/incidents.md, "Attribution"); also: other acceptable ones
 SCENARIOS = {
     "normal-24h": Scenario(24, "24 h of normal traffic; nothing should open"),
     "gmail-ip-ratelimit": Scenario(
-        6, "Gmail 421-4.7.28 to 60 % of the attempts from one IP, 40 min", "rate_limited", IP12,
-        (f"{IP12}|provider:google", f"{IP12}|mx:google"), 9000, 2400, "ip_limit", 0.6, 60.0,
-        lambda i, d, s: i == 2 and d.provider == "google"),
+        6, "Gmail 421-4.7.28 to 60 % of the attempts from one IP, 40 min", "rate_limited",
+        at(IP12, "google"), (IP12, at("pool:shared-a", "google")), 9000, 2400, "ip_limit", 0.6,
+        60.0, lambda i, d, s: i == 2 and d.provider == "google"),
     "yahoo-pool-block": Scenario(
-        6, "Yahoo blocks pool shared-a (553 [BL21] / 554 5.7.9), 1 h", "block", "pool:shared-a",
-        ("pool:shared-a|provider:yahoo", *(f"ip:{IPS[i]}" for i in POOLS["shared-a"])), 8400,
-        3600, "pool_block", 0.95, 180.0,
+        6, "Yahoo blocks pool shared-a (553 [BL21] / 554 5.7.9), 1 h", "block",
+        at("pool:shared-a", "yahoo"), ("pool:shared-a", *(at(x, "yahoo") for x in SHARED_A),
+        *SHARED_A), 8400, 3600, "pool_block", 0.95, 180.0,
         lambda i, d, s: i in POOLS["shared-a"] and d.provider == "yahoo"),
     "microsoft-sender-auth": Scenario(
-        6, "550 5.7.515 for one sender at Outlook.com, ramp 10 min, 2 h", "auth_failure", BB,
-        (f"{BB}|provider:microsoft",), 8100, 7200, "auth", 0.9, 600.0,
+        6, "550 5.7.515 for one sender at Outlook.com, ramp 10 min, 2 h", "auth_failure",
+        at(BB, "microsoft"), (BB,), 8100, 7200, "auth", 0.9, 600.0,
         lambda i, d, s: s.sender == BB[7:] and d.family == "ms"),
     "campaign-complaints-yahoo": Scenario(
         6, "one campaign's Yahoo complaints 0.05 % -> 0.6 %, 90 min of sends", "complaint_spike",
-        "campaign:acme-bf-preview", ("campaign:acme-bf-preview|provider:yahoo", "provider:yahoo",
+        at(CAMP, "yahoo"), (CAMP, at("tenant:acme-retail", "yahoo"), "provider:yahoo",
         "tenant:acme-retail"), 9000, 5400, "complaint", 0.006, 1.0,
-        lambda i, d, s: s.campaign == "acme-bf-preview" and d.provider == "yahoo"),
+        lambda i, d, s: s.campaign == CAMP[9:] and d.provider == "yahoo"),
     "microsoft-outage": Scenario(
         6, "Outlook.com/Hotmail 421 4.3.2 / 451 4.7.650 / timeouts, 45 min", "provider_outage",
         "provider:microsoft", ("mx:microsoft", *(f"domain:{d}" for d in MS_CONSUMER)), 9600,
@@ -489,6 +515,32 @@ SCENARIOS = {
         6, "Proofpoint domains: 550 5.1.1 for known-good users, 50 min", "false_hard_bounces",
         "mx:proofpoint", (), 10800, 3000, "unknown", 0.9, 120.0,
         lambda i, d, s: d.provider == "proofpoint" and d.rank < 4, domains_ok=True),
+    # A DKIM rotation done in the wrong order: the selector's public key was replaced in DNS
+    # while the MTA still signs with the old private key; the Return-Path is the ESP's own
+    # domain (SPF passes, unaligned), so DMARC fails and the bank's p=reject applies wherever
+    # it is enforced, as each receiver's cached key expires. Gmail / Google Workspace at once,
+    # Yahoo/AOL from +4 min (ramp 8 min), Outlook.com from +6 min (ramp 10 min). Microsoft 365
+    # tenants junk rather than reject (oreject), iCloud, Comcast, GMX, B2B gateways accept.
+    "sender-auth-two-providers": Scenario(
+        6, "one sender's DMARC fails: Gmail 5.7.26, then Yahoo 5.7.9, Outlook.com 5.7.515, 90 min",
+        "auth_failure", BBS, (at(BBS, "google"), at(BBS, "microsoft"), at(BBS, "yahoo")),
+        8400, 5400, "dmarc", 0.97, 60.0,
+        lambda i, d, s: s.sender.lower() == BBS[7:] and d.family in ("gmail", "ms", "yahoo"),
+        stagger=(("yahoo", 240.0, 480.0), ("microsoft", 360.0, 600.0))),
+    # S3150: Outlook.com's own IP block list (consumer mailboxes; Exchange Online tenants use
+    # other lists), every connection from the IP refused; its Gmail/Yahoo/... mail and the
+    # other three IPs of shared-a deliver normally.
+    "ip-blocklisted-microsoft": Scenario(
+        6, "Outlook.com S3150 block list: one IP (198.51.100.11) refused, 1 h", "block",
+        at(IP11, "microsoft"), (IP11, at("pool:shared-a", "microsoft")), 9600, 3600, "block",
+        0.97, 60.0, lambda i, d, s: i == 1 and d.family == "ms"),
+    # The same campaign and volume as campaign-complaints-yahoo (~660 Yahoo/AOL deliveries per
+    # 15 min), but Yahoo's CFL reports arrive within minutes (fast_fbl, see log_order).
+    "complaint-spike-fast-fbl": Scenario(
+        6, "one campaign's Yahoo complaints 0.05 % -> 0.5 %, CFL in 5-20 min, 60 min of sends",
+        "complaint_spike", at(CAMP, "yahoo"), (CAMP, at("tenant:acme-retail", "yahoo"),
+        "provider:yahoo", "tenant:acme-retail"), 9000, 3600, "complaint", 0.005, 1.0,
+        lambda i, d, s: s.campaign == CAMP[9:] and d.provider == "yahoo", fast_fbl="yahoo"),
 }  # fmt: skip
 
 # ---------------------------------------------------------------------------------------------
@@ -530,7 +582,7 @@ def simulate(
 
     def attempt(t: float, mid: int, s: int, ri: int, ip: int, n: int, prev: int) -> None:
         st, d = streams[s], doms[rdom[ri]]
-        p_hit = sc.prob(t, on) if sc.match(ip, d, st) else 0.0
+        p_hit = sc.prob(t, on, d.provider) if sc.match(ip, d, st) else 0.0
         key = sc.key if p_hit and sc.key != "complaint" and rnd() < p_hit else ""
         fl = flag[ri]
         if not key:
@@ -617,10 +669,34 @@ BATCH_S = np.array([3.0, 2.0, 4.0, 5.0, 3.0, 60.0, 2.0, 2.0])
 PREC_US = np.array([1000, 1000, 10**6, 10**6, 10_000, 10**6, 1, 10**6])  # timestamp precision
 
 
+def fast_fbl_lag(slow: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Report delays (s after the delivery) of a feedback loop that reports within minutes.
+
+    An engaged promotional audience sees the message within minutes (push notifications, the
+    app open all day) and most complaints are a "spam" click on first sight: 85 % complain
+    after a log-normal delay (median 8 min, sigma 0.5: 80 % within 4-15 min) and Yahoo's CFL
+    mails the ARF report 30-150 s later; the other 15 % read it later (``slow``, the usual
+    0.5-24 h lag). With the FBL processor's 1 min batches: median 11 min, 78 % of the reports
+    5-20 min after the delivery, 3 % earlier, 9 % within 20-60 min, 10 % later.
+    """
+    n = len(slow)
+    quick = rng.lognormal(math.log(480.0), 0.5, n) + rng.uniform(30.0, 150.0, n)
+    return np.where(rng.random(n) < 0.85, quick, slow)
+
+
 def log_order(
-    ev: list[Event], links: list[tuple[int, int]], t0: float, t1: float, seed: int, messy: bool
+    ev: list[Event],
+    links: list[tuple[int, int]],
+    t0: float,
+    t1: float,
+    seed: int,
+    messy: bool,
+    fast: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return (event index per log line, timestamp value per event, duplicate mask per line)."""
+    """Return (event index per log line, timestamp value per event, duplicate mask per line).
+
+    ``fast`` marks the complaints of a feedback loop that reports within minutes.
+    """
     rng = np.random.default_rng(seed + 7919)
     n = len(ev)
     ts = np.fromiter((e[0] for e in ev), float, n)
@@ -631,6 +707,8 @@ def log_order(
     lag[slow] = np.interp(ts[slow], knots, rng.uniform(120.0, 470.0, len(knots)))
     fbl = src == FBL
     lag[fbl] = np.clip(rng.lognormal(math.log(5400.0), 0.9, int(fbl.sum())), 1800.0, 86400.0)
+    if fast is not None and fast.any():  # own generator: the other lines' lags stay the same
+        lag[fast] = fast_fbl_lag(lag[fast], np.random.default_rng(seed + 104_729))
     b = BATCH_S[src]
     pub = (np.floor((ts + lag) / b) + 1.0) * b + src * 0.01
     for i, p in links:  # a retry / DSN is never shipped before what it follows
@@ -798,7 +876,12 @@ def run(name: str, seed: int, out: Path, order: str, messy: bool) -> None:
     cat = build_catalog()
     streams = STREAMS + ([BLAST] if sc.key == "complaint" else [])
     ev, links = simulate(cat, streams, sc, on, t1, seed)
-    lines, us, isdup = log_order(ev, links, t0, t1, seed, messy)
+    fast = None
+    if sc.fast_fbl:
+        prov = [d.provider == sc.fast_fbl for d in cat.doms]
+        it = (e[1] == COMPLAINED and prov[cat.rdom[e[4]]] for e in ev)
+        fast = np.fromiter(it, bool, len(ev))
+    lines, us, isdup = log_order(ev, links, t0, t1, seed, messy, fast)
     tsv = us[lines] / 1e6
     if order == "sorted":
         o = np.argsort(tsv, kind="stable")
@@ -834,7 +917,12 @@ def run(name: str, seed: int, out: Path, order: str, messy: bool) -> None:
 
 TRUTH_NOTE = (
     "complaint onset/end are send times. Provider/MX names (google, microsoft, yahoo, proofpoint)"
-    " are assumed. Combined scopes a|b are not defined by docs/incidents.md: also_ok only."
+    " are assumed. scope: the one scope to act on under docs/incidents.md 'Attribution' (the"
+    " narrowest scope whose surge explains the signal: a combined scope X|provider:P for one"
+    " sending dimension at one provider, or the wide scope X when its parts at several providers"
+    " are affected alike, whatever order they opened in). also_ok: other scopes where it is"
+    " still a detection, not a false alarm: the dimension as a whole, its container at that"
+    " provider, the affected parts at that provider, the parts that may open before widening."
 )
 
 
