@@ -66,9 +66,9 @@ from streams.adapters.gateway_auth import (
     check_credentials,
     sns_subscribe_url_problem,
 )
-from streams.adapters.gateway_redact import dead_letter
 from streams.cli.ingest import event_key
 from streams.worker.settings import Settings
+from streams.worker.wire import redacted_dlq_record as dead_letter
 
 log = logging.getLogger("repmon.gateway")
 disable_created_metrics()

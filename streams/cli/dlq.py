@@ -308,7 +308,11 @@ class Checker:
 
     def check(self, v: dict[str, Any]) -> Verdict:
         if v.get("original_truncated"):
-            return Verdict(problem="truncated", reason="truncated", detail="original over 1 MiB")
+            return Verdict(
+                problem="truncated",
+                reason="truncated",
+                detail="original cut at 1 MiB or 10,000 addresses",
+            )
         raw = _original(v)
         fmt = self.fix_format or v.get("format") or "canonical"
         if fmt not in FORMATS:

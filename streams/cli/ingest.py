@@ -13,7 +13,8 @@ recipient's events stay in one partition, where the known-good memory is; the pa
 even), rejections to the dead-letter topic with the reason and the original bytes, every e-mail
 address in them redacted (``redacted@<domain>``: no recipient leaves the host in clear; the
 SHA-256 recipient keys of the redacted addresses go with them, so that ``repmon dlq redrive``
-can restore the events' keys). With ``--out`` the events go to the file and the rejections to
+can restore the events' keys; ``streams.worker.wire.redacted_dlq_record``, the gateway's too:
+the original cut at 1 MiB or 10,000 addresses, before an address). With ``--out`` the events go to the file and the rejections to
 ``--rejects`` (JSON lines) if given.
 
 ``--follow`` tails one growing log (:class:`Follower`): stat polling, rename and copytruncate
@@ -47,7 +48,7 @@ import typer
 
 from models.ingest.formats import FORMATS, Format, Parser
 from models.ingest.validate import Rejection
-from streams.redaction import redact, redact_keyed
+from streams.redaction import redact, redact_bounded
 
 if TYPE_CHECKING:
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -89,30 +90,6 @@ def convert(
             for n, rec in enumerate(records(fh, fmt)):
                 ev, rej = parser.feed(rec)
                 yield name, n, rec, ev, rej
-
-
-def dead_letter(
-    rej: Rejection, rec: bytes, source: str, number: int, fmt: str, **extra: object
-) -> bytes:
-    """The dead-letter value of a rejected native record (``streams.worker.wire.dlq_record``):
-    detail and original redacted, the redacted addresses' keys with them, ``offset`` the
-    record's number in its file (``partition`` -1: not a Kafka record)."""
-    from streams.worker.wire import dlq_record
-
-    raw, keys = redact_keyed(rec)
-    clean = Rejection(rej.reason, redact(rej.detail.encode()).decode("utf-8", "replace"))
-    return dlq_record(
-        clean,
-        raw,
-        source,
-        -1,
-        number,
-        format=fmt,
-        offset_unit="record",
-        redacted=len(keys),
-        address_keys=keys,
-        **extra,
-    )
 
 
 def event_key(ev: dict[str, Any]) -> bytes:
@@ -279,7 +256,10 @@ def _to_file(
                                     "reason": r.reason,
                                     "detail": redact(r.detail.encode()).decode(),
                                     "source": source,
-                                    "original": redact(rec[:4096]).decode("utf-8", "replace"),
+                                    # redacted first, then cut before an address (never inside one)
+                                    "original": redact_bounded(rec, 4096, 10_000)[0].decode(
+                                        "utf-8", "replace"
+                                    ),
                                 }
                             )
                             + b"\n"
@@ -307,6 +287,7 @@ def _to_kafka(
 ) -> tuple[int, int, Counter[str]]:
     from streams.worker.settings import get_settings
     from streams.worker.topics import ensure_topics
+    from streams.worker.wire import redacted_dlq_record
 
     settings = get_settings()
     ensure_topics(settings)
@@ -321,7 +302,8 @@ def _to_kafka(
             n_ev += len(events)
             for r in rejs:
                 reasons[r.reason] += 1
-                prod.send(settings.topic_dlq, value=dead_letter(r, rec, source, number, fmt))
+                value = redacted_dlq_record(r, rec, source, number, fmt)
+                prod.send(settings.topic_dlq, value=value)
         prod.flush(timeout=120)
     finally:
         prod.close(timeout=30)
@@ -940,6 +922,8 @@ class Follower:
     # -- sending --------------------------------------------------------------------------------
 
     def _send(self, b: Batch) -> None:
+        from streams.worker.wire import redacted_dlq_record
+
         st = self.state
         assert st is not None
         futs: list[FutureRecordMetadata] = []
@@ -974,7 +958,7 @@ class Follower:
                 if mark in self.skip:
                     self.stats["already_sent"] += 1
                     continue
-                value = dead_letter(
+                value = redacted_dlq_record(
                     r, rec, str(self.path), recno, self.fmt, file={"gen": gen.n, "ino": gen.ino}
                 )
                 futs.append(

@@ -3,7 +3,9 @@
 Pure functions over ``models.state.deltas.Deltas``: encode/decode (msgpack via msgspec), the
 owner of a scope (``crc32(scope) % partitions``, stable across processes), the split of one
 flush by owner, and the chunking of a large flush into messages of at most
-``MAX_ROWS_PER_MESSAGE`` rows.
+``MAX_ROWS_PER_MESSAGE`` rows. And the dead-letter value (:func:`dlq_record`: the worker's
+refused messages; :func:`redacted_dlq_record`: the native records ``repmon ingest`` and
+``repmon gateway`` refuse, addresses redacted).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import orjson
 from models.ingest.validate import Rejection
 from models.schema import N_COLUMNS
 from models.state.deltas import Deltas
+from streams.redaction import redact, redact_bounded
 
 
 class DeltaMessage(msgspec.Struct, array_like=True):
@@ -144,6 +147,12 @@ def chunk_deltas(d: Deltas, max_rows: int) -> list[Deltas]:
     return out
 
 
+#: a dead letter keeps at most this much of its original, and a redacted one at most this many
+#: address keys, so that it stays far below the dead-letter topic's 4 MiB message limit
+MAX_ORIGINAL_BYTES = 1 << 20
+MAX_ADDRESS_KEYS = 10_000
+
+
 def dlq_record(
     rej: Rejection, raw: bytes, topic: str, partition: int, offset: int, **extra: object
 ) -> bytes:
@@ -156,8 +165,39 @@ def dlq_record(
             "partition": partition,
             "offset": offset,
             "received_at": time.time(),
-            "original_b64": base64.b64encode(raw[: 1 << 20]).decode("ascii"),
-            "original_truncated": len(raw) > (1 << 20),
+            "original_b64": base64.b64encode(raw[:MAX_ORIGINAL_BYTES]).decode("ascii"),
+            "original_truncated": len(raw) > MAX_ORIGINAL_BYTES,
             **extra,
         }
+    )
+
+
+def redacted_dlq_record(
+    rej: Rejection, rec: bytes, source: str, number: int, fmt: str, **extra: object
+) -> bytes:
+    """The dead-letter value of a native record (or batch item) a parser refused, as
+    ``repmon ingest``, its ``--follow`` and ``repmon gateway`` write it: :func:`dlq_record` with
+    ``topic`` the source, ``partition`` -1 and ``offset`` the record's number in its source
+    (``offset_unit`` ``record``), ``format``, the detail and the original redacted
+    (:mod:`streams.redaction`: every address ``redacted@<domain>``), and the recipient keys of
+    the redacted addresses, in order, in ``address_keys`` (their number in ``redacted``) for
+    ``repmon dlq redrive``. The original is cut at :data:`MAX_ORIGINAL_BYTES` or
+    :data:`MAX_ADDRESS_KEYS` addresses, before an address, never inside one, so that
+    ``address_keys`` names exactly the addresses kept (``original_truncated``;
+    ``original_bytes`` the whole record's size)."""
+    raw, keys, cut = redact_bounded(rec, MAX_ORIGINAL_BYTES, MAX_ADDRESS_KEYS)
+    clean = Rejection(rej.reason, redact(rej.detail.encode()).decode("utf-8", "replace"))
+    return dlq_record(
+        clean,
+        raw,
+        source,
+        -1,
+        number,
+        format=fmt,
+        offset_unit="record",
+        redacted=len(keys),
+        address_keys=keys,
+        original_truncated=cut,
+        original_bytes=len(rec),
+        **extra,
     )
