@@ -1,5 +1,5 @@
 """Suppression evaluation: simulator scenarios through the real pipeline + detection, the
-suppression policy (models/act/suppression.py) against naive "suppress on the first bounce"
+suppression policy (models/act/suppression/) against naive "suppress on the first bounce"
 baselines, scored with the simulator's ground truth of which recipients really are invalid.
 
     .venv/bin/python bench/suppression_eval.py                  # all runs, markdown to stdout

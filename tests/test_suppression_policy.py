@@ -1,4 +1,4 @@
-"""Suppression policy (models/act/suppression.py): the schedule per reason, quarantine and
+"""Suppression policy (models/act/suppression/): the schedule per reason, quarantine and
 release, expiry, the record format, the packed value, the configuration, and the vectorised path
 against a naive per-event reference (hypothesis)."""
 

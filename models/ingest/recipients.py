@@ -1,4 +1,4 @@
-"""Per-recipient rows of a tick: what the suppression policy (models/act/suppression.py) reads.
+"""Per-recipient rows of a tick: what the suppression policy (models/act/suppression/) reads.
 
 ``Pipeline.flush()`` turns the accepted events of a tick into ``Deltas`` (counts per scope); the
 suppression policy needs the opposite cut: one row per accepted event that can change what is

@@ -1,6 +1,6 @@
 """The worker's durable per-recipient suppression store: RocksDB through rocksdict.
 
-The suppression policy (``models/act/suppression.py``, pure) keeps one packed record of at most
+The suppression policy (``models/act/suppression/``, pure) keeps one packed record of at most
 64 bytes per recipient that is not plainly active and reads and writes it through its
 ``RecipientStore`` protocol: ``get_many(idents)``, ``put_many([(ident, value | None)])`` (None
 deletes) and ``items()``. :class:`RocksRecipientStore` implements it on one RocksDB directory.
