@@ -288,9 +288,7 @@ class Monitor:
             )
             rel = self._related_to(spec, p, r, f, res.excess)
             if rel is not None:
-                if name not in rel.related:
-                    rel.related.append(name)
-                    self.related_total += 1
+                self._relate(rel, (name,))
                 continue
             inc = self._new_incident(spec, f, res, p, name)
             inc.explained_by = explainer.id if explainer is not None else None
@@ -334,15 +332,9 @@ class Monitor:
                 kept.append(inc)
                 continue
             dropped.add(inc.id)
-            del self._open[(spec.type, inc.scope)]
-            r = self.store.rows.get(inc.scope)
-            if r is not None and not any(s == inc.scope for (_, s) in self._open):
-                self.store.frozen[r] = False
+            self._drop_open(inc)
             self.opened_total[spec.type] -= 1
-            for s in (inc.scope, *inc.related):
-                if s != into.scope and s not in into.related:
-                    into.related.append(s)
-                    self.related_total += 1
+            self._relate(into, (inc.scope, *inc.related))
         if not dropped:
             return changes
         # the opened records carry the related scopes they have at the end of the run
@@ -366,19 +358,36 @@ class Monitor:
         if inc is None:
             rel = self._related_to(spec, q, r, f, res.excess)
             if rel is not None and rel.scope != related:
-                if name not in rel.related:
-                    rel.related.append(name)
-                    self.related_total += 1
+                self._relate(rel, (name,))
                 return []
             inc = self._new_incident(spec, f, res, q, name)
             self._open[(spec.type, name)] = inc
             self.store.frozen[r] = True
             self.opened_total[spec.type] = self.opened_total.get(spec.type, 0) + 1
             out.append(IncidentChange.of("opened", inc))
-        if related not in inc.related:
-            inc.related.append(related)
-            self.related_total += 1
+        self._relate(inc, (related,))
         return out
+
+    def _relate(self, inc: Incident, scopes: tuple[str, ...]) -> None:
+        """List ``scopes`` (other than the incident's own) as related scopes of ``inc``."""
+        for s in scopes:
+            if s != inc.scope and s not in inc.related:
+                inc.related.append(s)
+                self.related_total += 1
+
+    def _drop_open(self, inc: Incident) -> None:
+        """Take ``inc`` out of the open incidents; its row thaws when no other incident is open
+        on the scope."""
+        del self._open[(inc.type, inc.scope)]
+        r = self.store.rows.get(inc.scope)
+        if r is not None and not any(s == inc.scope for (_, s) in self._open):
+            self.store.frozen[r] = False
+
+    def _keep_closed(self, inc: Incident) -> None:
+        """Remember a closed incident for /status (the newest ``keep_closed``)."""
+        self._closed.append(inc)
+        if len(self._closed) > self.config.keep_closed:
+            del self._closed[: len(self._closed) - self.config.keep_closed]
 
     def _open_parts(self, spec: DetectorSpec, row: int) -> list[Incident]:
         """Open (reported) incidents of this type on combined scopes that are parts of ``row``
@@ -417,27 +426,17 @@ class Monitor:
         self._open[(spec.type, name)] = inc
         st.frozen[r] = True
         self.opened_total[spec.type] = self.opened_total.get(spec.type, 0) + 1
-        out = [IncidentChange.of("opened", inc)]
-        inc.widened_from = []
+        closed: list[IncidentChange] = []
         for part in parts:
-            del self._open[(spec.type, part.scope)]
+            self._drop_open(part)
             part.closed_at = f.now
             part.widened_into = inc.id
             inc.widened_from.append(part.id)
-            for s in (part.scope, *part.related):
-                if s != name and s not in inc.related:
-                    inc.related.append(s)
-                    self.related_total += 1
-            pr = st.rows.get(part.scope)
-            if pr is not None and not any(s == part.scope for (_, s) in self._open):
-                st.frozen[pr] = False
-            self._closed.append(part)
-            out.append(IncidentChange.of("closed", part))
-        if len(self._closed) > self.config.keep_closed:
-            del self._closed[: len(self._closed) - self.config.keep_closed]
-        # the snapshot of the opened change carries the parts it widened
-        out[0] = IncidentChange.of("opened", inc)
-        return out
+            self._relate(inc, (part.scope, *part.related))
+            self._keep_closed(part)
+            closed.append(IncidentChange.of("closed", part))
+        # the opened record carries the parts it widened
+        return [IncidentChange.of("opened", inc), *closed]
 
     def _parts(self, f: Frame) -> dict[int, tuple[int, int]]:
         """Frame positions: combined scope -> its two wide scopes (cached per row layout)."""
@@ -542,20 +541,13 @@ class Monitor:
     ) -> list[IncidentChange]:
         quiet = {s.type: s.close_quiet_s for s in self._specs}
         out: list[IncidentChange] = []
-        for key, inc in list(self._open.items()):
+        for inc in list(self._open.values()):
             if now - inc.last_hot < quiet.get(inc.type, 900.0):
                 continue
             inc.closed_at = now
-            del self._open[key]
-            r = self.store.rows.get(inc.scope)
-            if r is not None and not any(s == inc.scope for (_, s) in self._open):
-                self.store.frozen[r] = False
-            self._closed.append(inc)
-            if inc.explained_by is not None:
-                self._closed.pop()
-            elif len(self._closed) > self.config.keep_closed:
-                del self._closed[: len(self._closed) - self.config.keep_closed]
+            self._drop_open(inc)
             if inc.explained_by is None:
+                self._keep_closed(inc)
                 out.append(IncidentChange.of("closed", inc))
         return out
 
