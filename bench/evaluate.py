@@ -19,7 +19,7 @@ scope is in ``truth.scopes``, opened within ``[onset, end + grace]``, is a detec
 ``opened_at - onset``; every other opened incident is a false alarm. Baseline alarms carry no
 type: they match any truth entry whose scopes contain one of the alarm's scopes.
 
-Closed loop (issue 13, ``--closed-loop``): ``models/sim/closed_loop.py`` steps a fleet that obeys
+Closed loop (issue 13, ``--closed-loop``): ``models/sim/closed_loop/`` steps a fleet that obeys
 a controller and a provider that answers what the fleet sends, per scenario (outage, rate limits,
 block) and controller (repmon's policy through the real Pipeline, Monitor and Acting; no throttle;
 KumoMTA-style automation rules). It scores failed attempts during the incident, messages delayed,

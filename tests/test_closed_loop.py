@@ -1,4 +1,4 @@
-"""The closed-loop throttle evaluation (models/sim/closed_loop.py, issue 13): the provider model,
+"""The closed-loop throttle evaluation (models/sim/closed_loop/, issue 13): the provider model,
 the fleet that obeys limits, the KumoMTA-style rules, the metrics and their targets, and one small
 closed loop through the real Pipeline, Monitor and throttle controller."""
 
