@@ -21,10 +21,11 @@ def minute(
     throttled: dict[tuple[str, str], float],
     pools: dict[str, str] | None = None,
     ips: tuple[str, ...] = IPS,
+    members: bool = False,
 ) -> Deltas:
     """One minute of traffic: every IP (pool shared-1, or ``pools[ip]``) sends 60 attempts to
     each provider; a share ``throttled[(ip, provider)]`` of them is deferred with a rate-limit
-    reply (0.2 % otherwise)."""
+    reply (0.2 % otherwise). ``members``: report each IP's pool as ingest does."""
     names: list[str] = []
     idx: list[int] = []
     rows: list[np.ndarray] = []
@@ -64,6 +65,9 @@ def minute(
         counts=summed,
         replies=[],
         watermark=float(t + 60),
+        members=[(f"ip:{ip}", f"pool:{(pools or {}).get(ip, 'shared-1')}") for ip in ips]
+        if members
+        else [],
     )
 
 
@@ -215,3 +219,133 @@ def test_a_pool_at_one_provider_is_one_incident_whatever_the_opening_order() -> 
 )
 def test_disjoint_scopes(a: str, b: str, want: bool) -> None:
     assert disjoint(a, b) is want and disjoint(b, a) is want
+
+
+# --------------------------------------------------------------------------- pools (membership)
+POOL_IPS = tuple(f"198.51.100.{i}" for i in range(1, 33))
+POOL_OF = {ip: "shared-a" if i < 4 else "shared-b" for i, ip in enumerate(POOL_IPS)}
+
+
+def run_pools(
+    phases: list[tuple[int, dict[tuple[str, str], float]]], members: bool = True, seed: int = 3
+) -> tuple[list[dict[str, object]], Monitor]:
+    """Thirty-two IPs in two pools, shared-a (four) and shared-b (28); ``phases``: (minute after onset, throttled) from then on.
+    Returns every incident record and the Monitor."""
+    rng = np.random.default_rng(seed)
+    mon = Monitor()
+    records: list[dict[str, object]] = []
+    onset = 3 * 3600
+    for m in range(0, onset + 40 * 60, 60):
+        throttled: dict[tuple[str, str], float] = {}
+        for start, th in phases:
+            if m >= onset + 60 * start:
+                throttled = th
+        d = minute(T0 + m, rng, throttled, POOL_OF, POOL_IPS, members=members)
+        mon.add(d)
+        records += [ch.to_json() for ch in mon.advance(d.watermark)]
+    return [r for r in records if r["type"] == "rate_limited"], mon
+
+
+def _pool(name: str, prov: str = "yahoo", rate: float = 0.6) -> dict[tuple[str, str], float]:
+    return {(ip, prov): rate for ip, p in POOL_OF.items() if p == name}
+
+
+def test_an_ip_of_a_pool_widens_into_the_pool_when_the_pool_follows() -> None:
+    """One IP of pool shared-a is rate-limited at Yahoo first, then all four: the IP's Yahoo
+    part opened first and closes into ``pool:shared-a|provider:yahoo``. An IP's pool is not in
+    its name; ingest reports it (``Deltas.members``)."""
+    ip0 = POOL_IPS[0]
+    records, mon = run_pools([(0, {(ip0, "yahoo"): 0.6}), (10, _pool("shared-a"))])
+    opened = [r for r in records if r["action"] == "opened"]
+    assert [r["scope"] for r in opened] == [
+        f"ip:{ip0}|provider:yahoo",
+        "pool:shared-a|provider:yahoo",
+    ]
+    part, wide = opened
+    assert wide["widened_from"] == [part["id"]]
+    closed = [r for r in records if r["action"] == "closed" and r["id"] == part["id"]]
+    assert len(closed) == 1 and closed[0]["widened_into"] == wide["id"]
+    (inc,) = mon.open_incidents()
+    want = {f"ip:{ip}|provider:yahoo" for ip in POOL_IPS[:4]}
+    assert want <= set(inc.related), inc.related
+
+
+def test_without_membership_the_ip_stays_open_beside_its_pool() -> None:
+    """The same traffic without the IP -> pool pairs: nothing tells the Monitor that the pool
+    holds the IP, so both stay open (what the pairs are for)."""
+    ip0 = POOL_IPS[0]
+    _, mon = run_pools([(0, {(ip0, "yahoo"): 0.6}), (10, _pool("shared-a"))], members=False)
+    assert {f"ip:{ip0}|provider:yahoo", "pool:shared-a|provider:yahoo"} <= {
+        i.scope for i in mon.open_incidents()
+    }
+
+
+def test_a_pool_whose_ips_start_together_opens_once_with_its_ips_related() -> None:
+    """All four IPs of shared-a from the same minute: one incident on the pool's Yahoo part; an
+    IP's part that opens and widens within the same run is not reported at all."""
+    records, mon = run_pools([(0, _pool("shared-a"))])
+    assert [r["scope"] for r in records if r["action"] == "opened"] == [
+        "pool:shared-a|provider:yahoo"
+    ]
+    assert not any(r["action"] == "closed" for r in records)
+    (inc,) = mon.open_incidents()
+    assert inc.widened_from == []
+    assert mon.opened_total["rate_limited"] == 1
+    assert mon.recent_closed() == []
+
+
+def test_one_ip_of_a_pool_opens_on_the_ip_with_its_pool_related() -> None:
+    """One IP of four: the IP's surge explains its pool's; the pool is a related scope."""
+    ip0 = POOL_IPS[0]
+    records, mon = run_pools([(0, {(ip0, "yahoo"): 0.9})])
+    assert [r["scope"] for r in records if r["action"] == "opened"] == [f"ip:{ip0}|provider:yahoo"]
+    (inc,) = mon.open_incidents()
+    assert "pool:shared-a|provider:yahoo" in inc.related, inc.related
+
+
+def test_an_ip_of_another_pool_is_its_own_incident() -> None:
+    """Pool shared-a is rate-limited at Yahoo; ten minutes later one IP of shared-b is too.
+    Its excess is comparable to the pool's, but membership says it holds none of the pool's
+    mail: its own incident, not a related scope of the pool's. Another IP of shared-a that
+    turns hot later is a related scope of its pool's incident."""
+    late_b, late_a = POOL_IPS[5], POOL_IPS[3]
+    first = {k: v for k, v in _pool("shared-a").items() if k[0] != late_a}
+    later = {**_pool("shared-a"), (late_b, "yahoo"): 0.9}
+    records, mon = run_pools([(0, first), (10, later)])
+    opened = [r["scope"] for r in records if r["action"] == "opened"]
+    assert opened == ["pool:shared-a|provider:yahoo", f"ip:{late_b}|provider:yahoo"], opened
+    pool_inc = next(i for i in mon.open_incidents() if i.scope.startswith("pool:"))
+    assert f"ip:{late_a}|provider:yahoo" in pool_inc.related
+    assert f"ip:{late_b}|provider:yahoo" not in pool_inc.related
+
+
+def test_membership_survives_a_snapshot() -> None:
+    from models.state.snapshot import decode, encode
+
+    _, mon = run_pools([(0, _pool("shared-a"))])
+    back = Monitor.restore(decode(encode(mon.snapshot())))
+    for ip in POOL_IPS:
+        assert back.members.pool_of(f"ip:{ip}") == f"pool:{POOL_OF[ip]}"
+    assert back.members.wholes(f"ip:{POOL_IPS[0]}|provider:yahoo") == (
+        "pool:shared-a|provider:yahoo",
+        "pool:shared-a",
+    )
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "want"),
+    [
+        ("ip:198.51.100.1|provider:yahoo", "pool:shared-b|provider:yahoo", True),
+        ("ip:198.51.100.1", "pool:shared-b", True),
+        ("pool:shared-b", "ip:198.51.100.1|provider:yahoo", True),
+        ("ip:198.51.100.1|provider:yahoo", "pool:shared-a|provider:yahoo", False),
+        ("ip:198.51.100.99", "pool:shared-b", False),  # pool unknown: may be a part
+        ("ip:198.51.100.1", "sender:news.example", False),
+    ],
+)
+def test_an_ip_and_a_pool_it_does_not_send_in_are_disjoint(a: str, b: str, want: bool) -> None:
+    from models.detect.membership import Membership
+
+    m = Membership()
+    m.add([(f"ip:{ip}", f"pool:{p}") for ip, p in POOL_OF.items()])
+    assert m.disjoint(a, b) is want and m.disjoint(b, a) is want

@@ -218,6 +218,33 @@ def test_scopes_and_columns() -> None:
         assert t[COL["bounced"]] == 1 and t[COL["class_config"]] == 1
         assert t[COL["auth_failure"]] == 1
     assert d.watermark == BASE + 1
+    # the IP and the pool it sent in (Deltas.members), for attribution
+    assert d.members == [("ip:192.0.2.10", "pool:shared-1")]
+
+
+def test_members_are_the_distinct_ip_pool_pairs_of_the_tick() -> None:
+    """An IP that moved pools within the tick reports both pairs; an event without a pool, or
+    without an IP, reports none."""
+    p = make()
+    for ip, pool in [
+        ("192.0.2.1", "a"),
+        ("192.0.2.1", "a"),
+        ("192.0.2.2", "a"),
+        ("192.0.2.3", "b"),
+        ("192.0.2.3", "c"),
+        ("192.0.2.4", None),
+        (None, "d"),
+    ]:
+        fields = {k: v for k, v in (("sending_ip", ip), ("pool", pool)) if v is not None}
+        assert p.feed(ev("delivered", **fields)) is None
+    d = p.flush()
+    assert sorted(d.members) == [
+        ("ip:192.0.2.1", "pool:a"),
+        ("ip:192.0.2.2", "pool:a"),
+        ("ip:192.0.2.3", "pool:b"),
+        ("ip:192.0.2.3", "pool:c"),
+    ]
+    assert p.flush().members == []
 
 
 def test_enhanced_code_taken_from_response_text() -> None:

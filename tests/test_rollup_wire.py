@@ -30,7 +30,10 @@ def deltas(draw: st.DrawFn) -> Deltas:
         [[draw(st.integers(0, 1000)) for _ in range(N_COLUMNS)] for _ in range(n)], dtype=np.int64
     ).reshape(n, N_COLUMNS)
     replies = [(int(i), f"reply {i}", 3) for i in range(len(used)) if draw(st.booleans())]
-    return Deltas(used, idx, buckets, counts, replies, watermark=12345.5)
+    members = [
+        (f"ip:{i}", f"pool:{draw(st.sampled_from('xyz'))}") for i in range(draw(st.integers(0, 3)))
+    ]
+    return Deltas(used, idx, buckets, counts, replies, watermark=12345.5, members=members)
 
 
 @settings(max_examples=50, deadline=None)
@@ -41,7 +44,7 @@ def test_roundtrip(d: Deltas) -> None:
     assert (env.part, env.idle) == (3, True)
     assert (src, seq) == ("w1/3", 42)
     assert back.scopes == d.scopes and back.replies == d.replies
-    assert back.watermark == d.watermark
+    assert back.watermark == d.watermark and back.members == d.members
     np.testing.assert_array_equal(back.scope_idx, d.scope_idx)
     np.testing.assert_array_equal(back.bucket_start, d.bucket_start)
     np.testing.assert_array_equal(back.counts, d.counts)
@@ -58,6 +61,23 @@ def test_split_by_owner_preserves_totals(d: Deltas, partitions: int) -> None:
         got = parts[owner].totals(scope) if owner in parts else np.zeros(N_COLUMNS, np.int64)
         np.testing.assert_array_equal(got, d.totals(scope))
     assert sum(len(p) for p in parts.values()) == len(d)
+    # every owner that gets rows gets the IP -> pool pairs: it may hold both scopes
+    assert all(p.members == d.members for p in parts.values())
+
+
+def test_a_message_without_members_still_decodes() -> None:
+    """A rollup message written before ``members`` existed (a rolling upgrade) decodes with
+    none."""
+    import msgspec
+
+    d = Deltas(
+        ["ip:a"], np.zeros(1, np.int32), np.zeros(1, np.int64), np.ones((1, N_COLUMNS), np.int64)
+    )
+    fields = [d.watermark, d.scopes, d.scope_idx.tobytes(), d.bucket_start.tobytes()]
+    old = msgspec.msgpack.encode(["w/0", 7, *fields, d.counts.tobytes(), N_COLUMNS, [], 0, False])
+    back, src, seq = decode_deltas(old)
+    assert (src, seq, back.members) == ("w/0", 7, [])
+    np.testing.assert_array_equal(back.counts, d.counts)
 
 
 def test_owner_is_stable() -> None:
@@ -79,3 +99,4 @@ def test_chunks_keep_every_total_and_reply(d: Deltas, max_rows: int) -> None:
     want_replies = sorted((d.scopes[i], t, c) for i, t, c in d.replies if i in used)
     got_replies = sorted((p.scopes[i], t, c) for p in pieces for i, t, c in p.replies)
     assert got_replies == want_replies or len(pieces) == 1
+    assert [m for p in pieces for m in p.members] == d.members

@@ -67,18 +67,25 @@ def attribute(
     res: SpecResult,
     parents: dict[int, tuple[int, int]],
     kinds_allowed: NDArray[np.bool_],
+    members: dict[int, list[int]] | None = None,
 ) -> dict[int, list[int]]:
     """Candidate frame position -> the positions to open instead (absent: open it as is).
 
     ``parents``: frame position of every combined scope -> positions of its two wide scopes.
     A part C chosen for W has a second wide scope W2 (``ip:X`` when W is ``provider:P``, and the
     other way round); when W2 is hot too and the rest of W2 outside C is affected alike (the IP
-    is rate-limited at every provider, or every IP is at this provider), W2 is the scope."""
+    is rate-limited at every provider, or every IP is at this provider), W2 is the scope.
+
+    ``members``: positions of a pool's scope -> its IPs' scopes (``models.detect.membership``);
+    they are parts of the pool like combined scopes are parts of their wide scopes, with no
+    second wide scope to weigh."""
     children: dict[int, list[int]] = {}
     for c, pair in parents.items():
         for wp in pair:
             if wp >= 0:
                 children.setdefault(wp, []).append(c)
+    for wp, cs in (members or {}).items():
+        children.setdefault(wp, []).extend(cs)
     out: dict[int, list[int]] = {}
     t = res.t
     for w_pos in np.flatnonzero(res.opens).tolist():
@@ -104,7 +111,8 @@ def attribute(
                 single.append((n_c, c))
         if single:
             c = min(single)[1]
-            other = next((wp for wp in parents[c] if wp not in (w_pos, -1)), -1)
+            pc: tuple[int, ...] = parents.get(c, ())
+            other = next((wp for wp in pc if wp not in (w_pos, -1)), -1) if w_pos in pc else -1
             if other >= 0 and res.hot[other] and kinds_allowed[other]:
                 x_o, n_o = float(t.x[w, other]), float(t.n[w, other])
                 x_c, n_c = float(t.x[w, c]), float(t.n[w, c])
@@ -127,3 +135,22 @@ def attribute(
                 out[w_pos] = sorted(group)
                 break
     return out
+
+
+def parts_explain(res: SpecResult, w_pos: int, part_pos: list[int]) -> bool:
+    """Whether disjoint parts of a wide scope that already have incidents explain its surge
+    together: they hold at most ``GROUP_NARROWER`` of its volume and at least ``EXPLAIN_SHARE``
+    of its excess count, and the rest of it is not affected alike (a pool and an IP of another
+    pool rate-limited at Yahoo are not all of Yahoo). Then the wide scope does not widen them."""
+    t = res.t
+    w = int(res.best_w[w_pos])
+    x_w, n_w = float(t.x[w, w_pos]), float(t.n[w, w_pos])
+    p0 = float(t.p0[w, w_pos])
+    excess_w = x_w - n_w * p0
+    x_g = sum(float(t.x[w, c]) for c in part_pos)
+    n_g = sum(float(t.n[w, c]) for c in part_pos)
+    if n_w <= 0 or excess_w <= 0 or n_g <= 0 or n_g > GROUP_NARROWER * n_w:
+        return False
+    if x_g - n_g * p0 < EXPLAIN_SHARE * excess_w:
+        return False
+    return not _alike(x_w - x_g, n_w - n_g, p0, x_g / n_g)

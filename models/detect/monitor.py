@@ -21,9 +21,11 @@ preference order; a candidate is attached to an open incident of the same type a
 scope* instead of opening its own when its parent has one, or when the open incident is on a
 scope of another kind whose excess count is at least ``related_excess_ratio`` of the candidate's
 (the candidate's surge can be a subset of the same events; scopes of one kind, and scopes at two
-different providers, are disjoint (``disjoint``), so they never explain each other). Within one
-run the outcome does not depend on the order (``_absorb_same_run``), and a combined-scope part
-that opened first widens into its wide scope when that opens (``_widen``). This can hide a
+different providers, and an IP and a pool it does not send in, are disjoint (``_disjoint``), so
+they never explain each other). Within one run the outcome does not depend on the order
+(``_absorb_same_run``), and a part that opened first (a combined scope, or an IP of a pool:
+``models.detect.membership``) widens into its wide scope when that opens (``_widen``), unless
+disjoint open parts explain the wide scope together (``_held_by_parts``). This can hide a
 second, smaller, simultaneous incident of the same type on another scope kind: it is listed in
 ``related_scopes`` of the first.
 """
@@ -37,13 +39,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from models.detect.attribution import attribute, parents_of
+from models.detect.attribution import attribute, parents_of, parts_explain
 from models.detect.config import MonitorConfig
 from models.detect.detectors import (
     DetectorSpec,
 )
 from models.detect.evidence import ReplyMemory
 from models.detect.incidents import SEVERITIES, Incident, IncidentChange, incident_id, severity_of
+from models.detect.membership import Membership
 from models.detect.report import scope_table
 from models.detect.windows import Frame, SpecResult, WindowTests
 from models.schema import ALL_SCOPE_KINDS, INCIDENT_TYPES
@@ -116,6 +119,10 @@ class Monitor:
         #: event time of the last detector run of advance_through (None: none yet)
         self._detected_at: float | None = None
         self._children_rows: dict[int, tuple[int, int]] = {}
+        #: the pool each IP sends in (``Deltas.members``), and its rows cached per layout
+        self.members = Membership()
+        self._member_version: tuple[int, int] = (-1, -1)
+        self._member_rows: dict[int, list[int]] = {}
         self.advances = 0
         self._windows = WindowTests(cfg, self.store)
 
@@ -125,6 +132,10 @@ class Monitor:
         if len(deltas) and self._first_t is None:
             self._first_t = float(deltas.bucket_start.min())
         local = self.store.add(deltas)
+        if deltas.members:
+            self.members.add(deltas.members)
+            if len(self.members) > 2 * len(self.store.rows) + 1024:
+                self.members.prune(self.store.rows)
         self._replies.rotate(self.store.fine_head)
         if len(deltas):
             self._dirty = True
@@ -264,22 +275,28 @@ class Monitor:
         )
         # a wide candidate whose surge one narrower part explains opens on that part
         # (models/detect/attribution.py); the wide scope is listed as related
-        targets = attribute(spec, f, res, self._parts(f), self._windows.allowed(spec, f))
+        targets = attribute(
+            spec, f, res, self._parts(f), self._windows.allowed(spec, f), self._member_parts(f)
+        )
         changes: list[IncidentChange] = []
         for p in order:
             r = int(f.rows[p])
             name = st.names[r]
             if name is None:
                 continue
+            if (spec.type, name) in self._open:
+                continue  # already open: its parts are its to act on, not new incidents
             if p in targets:
                 for q in targets[p]:
                     changes.extend(self._open_one(spec, f, res, q, related=name))
                 continue
-            if (spec.type, name) in self._open:
-                continue
             parts = self._open_parts(spec, r)
-            if parts:  # attribution names W itself now: its open parts widen into it
-                changes.extend(self._widen(spec, f, res, p, name, parts))
+            if parts:  # attribution names W itself now: its open parts widen into it...
+                held = self._held_by_parts(f, res, p, parts)
+                if held is not None:  # ...unless they explain it together (disjoint causes)
+                    self._relate(held, (name,))
+                else:
+                    changes.extend(self._widen(spec, f, res, p, name, parts))
                 continue
             explainer = (
                 self._explained(spec, name, int(f.parents[p]), float(res.excess[p]))
@@ -309,19 +326,33 @@ class Monitor:
         can therefore open before the larger one it would have been related to (the IPs of a
         pool blocked at Yahoo, attributed to their ``ip:X|provider:yahoo`` parts before the
         pool's part opens): such an incident is not reported, and becomes a related scope of
-        the larger one, exactly as if the larger one had opened first."""
-        opened = [c.incident for c in changes if c.action == "opened"]
-        if len(opened) < 2:
+        the larger one, exactly as if the larger one had opened first. A part that opened and
+        widened into its wide scope in the same run (an IP's part, then its pool's) is not
+        reported either: its scope stays a related scope of the wide incident."""
+        opened_ids = {c.incident.id for c in changes if c.action == "opened"}
+        dropped: set[str] = set()
+        for c in changes:
+            part = c.incident
+            if c.action != "closed" or part.id not in opened_ids or part.widened_into is None:
+                continue
+            dropped.add(part.id)
+            self.opened_total[spec.type] -= 1
+            self._closed = [i for i in self._closed if i.id != part.id]
+            wide = next(x.incident for x in changes if x.incident.id == part.widened_into)
+            wide.widened_from.remove(part.id)
+        opened = [
+            c.incident for c in changes if c.action == "opened" and c.incident.id not in dropped
+        ]
+        if len(opened) < 2 and not dropped:
             return changes
         lo = self.config.related_excess_ratio
         kept: list[Incident] = []
-        dropped: set[str] = set()
         for inc in sorted(opened, key=lambda i: -i.excess):
             into = next(
                 (
                     k
                     for k in kept
-                    if not disjoint(k.scope, inc.scope)
+                    if not self._disjoint(k.scope, inc.scope)
                     and not inc.widened_from
                     and inc.excess > 0
                     and inc.excess <= k.excess / lo
@@ -390,17 +421,44 @@ class Monitor:
             del self._closed[: len(self._closed) - self.config.keep_closed]
 
     def _open_parts(self, spec: DetectorSpec, row: int) -> list[Incident]:
-        """Open (reported) incidents of this type on combined scopes that are parts of ``row``
-        (``sender:d|provider:P`` for ``sender:d`` or ``provider:P``)."""
+        """Open (reported) incidents of this type on scopes that are parts of ``row``: combined
+        scopes (``sender:d|provider:P`` for ``sender:d`` or ``provider:P``) and, by membership,
+        a pool's IPs (``ip:X|provider:P`` for ``pool:Y|provider:P``, ``ip:X`` for ``pool:Y``)."""
         st = self.store
+        name = st.names[row]
         out: list[Incident] = []
         for (typ, scope), inc in self._open.items():
-            if typ != spec.type or inc.explained_by is not None or "|" not in scope:
+            if typ != spec.type or inc.explained_by is not None:
                 continue
             c = st.rows.get(scope)
-            if c is not None and row in self._children_rows.get(c, ()):
+            if (c is not None and row in self._children_rows.get(c, ())) or (
+                name is not None and name in self.members.wholes(scope)
+            ):
                 out.append(inc)
         return out
+
+    def _held_by_parts(
+        self, f: Frame, res: SpecResult, p: int, parts: list[Incident]
+    ) -> Incident | None:
+        """The largest of ``parts`` (open incidents on parts of the candidate at ``p``) when
+        they are pairwise disjoint and explain its surge together (``parts_explain``)."""
+        rows = [self.store.rows.get(i.scope, -1) for i in parts]
+        pos = [int(f.pos_of_row[r]) if r >= 0 else -1 for r in rows]
+        if any(q < 0 for q in pos):
+            return None
+        if any(
+            not self._disjoint(a.scope, b.scope)
+            for i, a in enumerate(parts)
+            for b in parts[i + 1 :]
+        ):
+            return None
+        if not parts_explain(res, p, pos):
+            return None
+        return max(parts, key=lambda i: i.excess)
+
+    def _disjoint(self, a: str, b: str) -> bool:
+        """``disjoint``, and an IP and a pool it does not send in."""
+        return disjoint(a, b) or self.members.disjoint(a, b)
 
     def _widen(
         self,
@@ -452,6 +510,24 @@ class Monitor:
             if cp < 0:
                 continue
             out[cp] = (int(pos[a]) if a >= 0 else -1, int(pos[b]) if b >= 0 else -1)
+        return out
+
+    def _member_parts(self, f: Frame) -> dict[int, list[int]]:
+        """Frame positions: pool scope -> its IPs' scopes (membership; cached per layout)."""
+        st = self.store
+        version = (len(st.rows) + 1_000_003 * st.evicted + 7 * st.capacity, self.members.version)
+        if version != self._member_version:
+            self._member_rows = self.members.parts_of(st.rows)
+            self._member_version = version
+        pos = f.pos_of_row
+        out: dict[int, list[int]] = {}
+        for w, parts in self._member_rows.items():
+            wp = int(pos[w])
+            if wp < 0:
+                continue
+            cs = [int(pos[c]) for c in parts if pos[c] >= 0]
+            if cs:
+                out[wp] = cs
         return out
 
     def _new_incident(
@@ -513,15 +589,19 @@ class Monitor:
                 inc = self._open.get((spec.type, pname))
                 if inc is not None:
                     return inc
+        my_name = st.names[r] or ""
+        for whole in self.members.wholes(my_name):  # an IP of a pool that has one open
+            inc = self._open.get((spec.type, whole))
+            if inc is not None:
+                return inc
         my_ex = float(excess[p])
         if my_ex <= 0:
             return None
         lo = self.config.related_excess_ratio
         best: Incident | None = None
         best_gap = math.inf
-        my_name = st.names[r] or ""
         for (typ, scope), inc in self._open.items():
-            if typ != spec.type or disjoint(scope, my_name):
+            if typ != spec.type or self._disjoint(scope, my_name):
                 continue
             orow = st.rows.get(scope)
             if orow is None or f.pos_of_row[orow] < 0:
@@ -568,6 +648,7 @@ class Monitor:
                 "advances": self.advances,
                 "detected_at": self._detected_at,
                 "replies": self._replies.snapshot(st.names),
+                "members": self.members.snapshot(),
             }
         )
         snap.put("store", st.snapshot())
@@ -593,6 +674,7 @@ class Monitor:
         mon.advances = int(m["advances"])
         mon._detected_at = None if m.get("detected_at") is None else float(m["detected_at"])
         mon._replies.restore(m["replies"], mon.store.rows)
+        mon.members.restore(m.get("members", {}))
         return mon
 
     # ------------------------------------------------------------------------------ output

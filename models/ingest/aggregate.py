@@ -36,6 +36,8 @@ _REASON_AUTH = REASON_CODE["authfailure"]
 #: the single-scope dimension of each combined kind, and the provider dimension
 _COMBINED_DIMS = tuple(SCOPE_KINDS.index(k.partition("|")[0]) for k in COMBINED_KINDS)
 _PROVIDER_DIM = SCOPE_KINDS.index("provider")
+#: (part, whole) dimensions whose pairs the Deltas report (``Deltas.members``): IP -> pool
+_MEMBER_DIMS = ((SCOPE_KINDS.index("ip"), SCOPE_KINDS.index("pool")),)
 
 
 class Columns:
@@ -169,7 +171,19 @@ def aggregate(
         counts=counts,
         replies=top,
         watermark=watermark,
+        members=_members(rows_u, scopes.names),
     )
+
+
+def _members(rows: NDArray[np.int64], names: list[str]) -> list[tuple[str, str]]:
+    """The distinct (part, whole) scope pairs of the tick's combos (``_MEMBER_DIMS``)."""
+    out: list[tuple[str, str]] = []
+    for part, whole in _MEMBER_DIMS:
+        both = rows[(rows[:, part] >= 0) & (rows[:, whole] >= 0)][:, (part, whole)]
+        if both.shape[0]:
+            for a, b in np.unique(both, axis=0).tolist():
+                out.append((names[a], names[b]))
+    return out
 
 
 def _combined(rows: NDArray[np.int64], names: list[str]) -> tuple[NDArray[np.int64], list[str]]:

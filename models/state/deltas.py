@@ -31,6 +31,10 @@ class Deltas:
             replies of each scope during the tick (bounded per scope), used as incident evidence.
         watermark: the largest event time seen by the producer so far (epoch seconds).
         late_dropped: events older than the allowed lateness, counted but not bucketed.
+        members: ``(part, whole)`` pairs of single scopes seen together in the tick's events:
+            a sending IP and the pool it sent in (``("ip:192.0.2.7", "pool:shared-a")``). The
+            Monitor keeps them (the last pool an IP sent in), so that an incident on a pool and
+            one on an IP of it are known to be about the same mail (docs/incidents.md).
     """
 
     scopes: list[str]
@@ -40,6 +44,7 @@ class Deltas:
     replies: list[tuple[int, str, int]] = field(default_factory=list)
     watermark: float = 0.0
     late_dropped: int = 0
+    members: list[tuple[str, str]] = field(default_factory=list)
 
     @classmethod
     def empty(cls) -> Deltas:

@@ -40,6 +40,8 @@ class DeltaMessage(msgspec.Struct, array_like=True):
     #: quiet: it does not hold the owners' watermark back); defaults keep older messages readable
     part: int = -1
     idle: bool = False
+    #: (part, whole) scope pairs of the tick (``Deltas.members``: IP -> pool)
+    members: list[tuple[str, str]] = []
 
 
 _delta_encoder = msgspec.msgpack.Encoder()
@@ -60,6 +62,7 @@ def encode_deltas(d: Deltas, src: str, seq: int, part: int = -1, idle: bool = Fa
             replies=d.replies,
             part=part,
             idle=idle,
+            members=d.members,
         )
     )
 
@@ -82,6 +85,7 @@ def decode_message(raw: bytes) -> tuple[Deltas, DeltaMessage]:
         counts=np.frombuffer(m.counts, dtype=np.int64).reshape(n, N_COLUMNS).copy(),
         replies=[(int(a), str(b), int(c)) for a, b, c in m.replies],
         watermark=m.watermark,
+        members=[(str(a), str(b)) for a, b in m.members],
     )
     return d, m
 
@@ -92,7 +96,9 @@ def owner_partition(scope: str, partitions: int) -> int:
 
 
 def split_by_owner(d: Deltas, partitions: int) -> dict[int, Deltas]:
-    """Split one Deltas into one per owning rollup partition (vectorised over rows)."""
+    """Split one Deltas into one per owning rollup partition (vectorised over rows). Every piece
+    carries the membership pairs (a few per tick), so each owner relates the IPs and pools it
+    holds."""
     if len(d) == 0:
         return {}
     owner_of_scope = np.array([owner_partition(s, partitions) for s in d.scopes], dtype=np.int64)
@@ -110,6 +116,8 @@ def split_by_owner(d: Deltas, partitions: int) -> dict[int, Deltas]:
             replies=[(remap[i], t, c) for i, t, c in d.replies if i in remap],
             watermark=d.watermark,
         )
+    for piece in out.values():
+        piece.members = list(d.members)
     return out
 
 
@@ -140,6 +148,7 @@ def chunk_deltas(d: Deltas, max_rows: int) -> list[Deltas]:
                 watermark=d.watermark,
             )
         )
+    out[0].members.extend(d.members)
     for i, text, cnt in d.replies:  # a scope's replies go with its first piece
         where = first_piece.get(i)
         if where is not None:
