@@ -26,13 +26,13 @@ import hashlib
 import math
 import re
 import time
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from models.act.throttle_record import ThrottleRecord, tighter
+from models.act.toml_config import loads_toml
 from models.ingest.providers import default_table
 
 #: Egress-path options a normal rate may give and a decision scales (docs/throttle.md).
@@ -382,10 +382,7 @@ def parse_kumo_config(data: Mapping[str, Any], source: str = "<kumo config>") ->
 
 
 def loads_kumo_config(text: str, source: str = "<kumo config>") -> KumoConfig:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise KumoConfigError(f"{source}: invalid TOML: {exc}") from None
+    data = loads_toml(text, source, KumoConfigError, invalid="invalid TOML")
     return parse_kumo_config(data, source)
 
 

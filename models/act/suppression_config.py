@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import copy
 import math
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Final
 
+from models.act.toml_config import load_toml, loads_toml
 from models.schema import INCIDENT_TYPES, REASONS
 
 #: reply classes a schedule can be given for
@@ -394,24 +394,12 @@ def load_config(path: Path | str | None = None) -> SuppressionConfig:
     """The defaults, overridden by the TOML file at ``path`` when one is given."""
     if path is None:
         return default_config()
-    src = str(path)
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as exc:
-        raise SuppressionConfigError(f"{src}: cannot read: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SuppressionConfigError(f"{src}: not valid TOML: {exc}") from None
-    return parse_config(data, src)
+    return parse_config(load_toml(path, SuppressionConfigError), str(path))
 
 
 def loads_config(text: str, source: str = "<string>") -> SuppressionConfig:
     """:func:`load_config` from TOML text."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise SuppressionConfigError(f"{source}: not valid TOML: {exc}") from None
-    return parse_config(data, source)
+    return parse_config(loads_toml(text, source, SuppressionConfigError), source)
 
 
 __all__ = [

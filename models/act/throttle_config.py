@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import copy
 import math
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Final
 
+from models.act.toml_config import load_toml, loads_toml
 from models.ingest.providers import default_table
 from models.schema import ALL_SCOPE_KINDS, INCIDENT_TYPES
 
@@ -624,24 +624,12 @@ def load_config(path: Path | str | None = None) -> ThrottleConfig:
     """The defaults, overridden by the TOML file at ``path`` when one is given."""
     if path is None:
         return default_config()
-    src = str(path)
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as exc:
-        raise ThrottleConfigError(f"{src}: cannot read: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ThrottleConfigError(f"{src}: not valid TOML: {exc}") from None
-    return parse_config(data, src)
+    return parse_config(load_toml(path, ThrottleConfigError), str(path))
 
 
 def loads_config(text: str, source: str = "<string>") -> ThrottleConfig:
     """:func:`load_config` from TOML text."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ThrottleConfigError(f"{source}: not valid TOML: {exc}") from None
-    return parse_config(data, source)
+    return parse_config(loads_toml(text, source, ThrottleConfigError), source)
 
 
 __all__ = [
