@@ -7,12 +7,12 @@ baselines, scored with the simulator's ground truth of which recipients really a
     .venv/bin/python bench/suppression_eval.py --ignore-list    # the fleet mails suppressed too
 
 Per run: the simulator's events (event-time order, one tick a minute as in bench/evaluate.py)
-go through ``Pipeline`` into ``Monitor``; the same accepted events are turned into
-``RecipientRows`` here (the pipeline does not hand them out yet) with the pipeline's hashing,
-classification and provider/operator resolution, plus a known-good flag computed like the
-pipeline's known-good memory (exactly, without its Bloom filter). Per tick each policy sees:
-the incidents the tick closed, then the rows with the Monitor's open incidents, then the expiry
-at the watermark.
+go through ``Pipeline`` into ``Monitor``; each tick's ``RecipientRows`` are the pipeline's own
+(``Pipeline(keep_recipients=True).take_recipients()`` after the flush, as the worker and
+``repmon replay`` read them), known-good flag included. The bench adds only what the rows do not
+carry: each row's SMTP code (the naive-5xx baseline) and, for the ground truth, the address of
+each recipient identity. Per tick each policy sees: the incidents the tick closed, then the rows
+with the Monitor's open incidents, then the expiry at the watermark.
 
 **The fleet honours the list** (default): a message whose ``sent`` event finds its recipient
 suspended (before ``until``), quarantined or suppressed under a policy is not sent under that
@@ -68,14 +68,17 @@ from models.act.suppression import (
     Suppressor,
 )
 from models.act.suppression_config import SuppressionConfig, load_config
-from models.classify.classifier import Classifier, normalize_reply
+from models.classify.classifier import Classifier
 from models.detect.config import DETECT_EVERY_S
 from models.detect.monitor import Monitor, MonitorConfig
 from models.ingest.pipeline import Pipeline
-from models.ingest.providers import ProviderResolver
-from models.ingest.recipients import RecipientRows, message_hash, recipient_digest
-from models.ingest.validate import reply_enhanced_code
-from models.schema import CLASS_CODE, EVENT_KIND_CODE, NO_CLASS, NO_REASON, REASON_CODE
+from models.ingest.recipients import (
+    RECIPIENT_KINDS,
+    RecipientRows,
+    message_hash,
+    recipient_digest,
+)
+from models.schema import CLASS_CODE, EVENT_KIND_CODE
 from models.sim.lifecycle import IMPORTED_BASE
 from models.sim.replies import REPLIES, R
 from models.sim.simulator import SimConfig, Simulator, hash_arr
@@ -96,122 +99,68 @@ RUNS: tuple[tuple[str, str, float, dict[str, Any]], ...] = (
 )
 
 _K = EVENT_KIND_CODE
-_ROW_KINDS = {"delivered", "bounced", "rejected", "complained", "unsubscribed"}
 _HARD = CLASS_CODE["hard"]
-_UU = REASON_CODE["userunknown"]
 _ADDR = re.compile(r"^u(\d+)@(.+)$")
-_SENDING = ("ip", "pool", "sender")
 
 
-# -- rows from the simulator's events -------------------------------------------------------
+# -- what the pipeline's rows do not carry ----------------------------------------------------
 
 
-class RowBuilder:
-    """RecipientRows from accepted event dicts, hashed, classified and resolved like the
-    pipeline; known-good computed exactly (delivered before, in another message)."""
+class Recipients:
+    """The bench's side of the pipeline's rows: the address of each recipient identity (the
+    pipeline keeps only hashes; the ground truth needs the address) and each row's SMTP code
+    (RecipientRows do not carry it; the naive-5xx baseline needs it)."""
 
     def __init__(self) -> None:
+        #: classifies the replies an outage injects (:func:`_outage_reasons`)
         self.classifier = Classifier()
-        self.resolver = ProviderResolver()
-        self._verdicts: dict[tuple[Any, ...], tuple[int, int]] = {}
-        self._digests: dict[str, bytes] = {}
-        self._scopes: dict[tuple[str, str], tuple[str, str, str]] = {}
-        #: ident -> low 32 bits of the message of its delivery, or -1: several messages
-        self._delivered: dict[int, int] = {}
-        #: ident -> address (for the ground truth)
+        self._idents: dict[str, int] = {}
+        #: ident -> address, of every recipient with a row (for the ground truth)
         self.addresses: dict[int, str] = {}
 
-    def digest(self, addr: str) -> bytes:
-        d = self._digests.get(addr)
-        if d is None:
-            d = self._digests[addr] = recipient_digest(addr)
-        return d
+    def ident(self, addr: str) -> int:
+        """The pipeline's identity of the address (models/ingest/recipients.py)."""
+        i = self._idents.get(addr)
+        if i is None:
+            i = self._idents[addr] = int.from_bytes(recipient_digest(addr)[:8], "little")
+        return i
 
-    def verdict(self, ev: dict[str, Any], provider: str, operator: str) -> tuple[int, int]:
-        text = ev.get("response") or ""
-        code = ev.get("smtp_code")
-        enh = reply_enhanced_code(ev.get("enhanced_code"), text)
-        k = (code, enh, text, provider, operator)
-        v = self._verdicts.get(k)
-        if v is None:
-            c = self.classifier.classify_normalized(
-                code, enh, normalize_reply(text), provider, operator
-            )
-            v = self._verdicts[k] = (c.class_code, c.reason_code)
-            if len(self._verdicts) > 200_000:
-                self._verdicts.clear()
-        return v
+    def codes(self, accepted: list[dict[str, Any]], rows: RecipientRows) -> list[int]:
+        """The SMTP code (0: none) of each of ``rows``, the pipeline's rows of ``accepted`` (the
+        events it accepted since the last flush, in feed order); records their addresses.
 
-    def build(self, events: list[dict[str, Any]]) -> tuple[RecipientRows, list[str], list[int]]:
-        """Rows of the events of the recipient kinds (feed order), their message ids and
-        smtp codes (0: none)."""
-        evs = [e for e in events if e["event"] in _ROW_KINDS]
-        n = len(evs)
-        ts = np.empty(n, dtype=np.float64)
-        kind = np.empty(n, dtype=np.uint8)
-        cls = np.full(n, NO_CLASS, dtype=np.uint8)
-        reason = np.full(n, NO_REASON, dtype=np.uint8)
-        keys: list[bytes] = []
-        mid = np.empty(n, dtype=np.uint64)
-        kg = np.zeros(n, dtype=np.bool_)
-        names: dict[str, int] = {}
-        sidx = np.empty((n, 6), dtype=np.int32)
-        mids: list[str] = []
-        codes: list[int] = []
-        for i, e in enumerate(evs):
-            k = e["event"]
-            ts[i] = float(e["timestamp"])
-            kind[i] = _K[k]
-            addr = e["recipient"]
-            dg = self.digest(addr)
-            keys.append(dg)
-            ident = int.from_bytes(dg[:8], "little")
-            self.addresses[ident] = addr
-            m = e.get("message_id")
-            mids.append(m or "")
-            mh = message_hash(m)
-            mid[i] = mh
-            dom = e["recipient_domain"]
-            mx = e.get("mx_host") or ""
-            sc = self._scopes.get((dom, mx))
-            if sc is None:
-                prov, oper = self.resolver.resolve(dom, mx)
-                sc = self._scopes[(dom, mx)] = (f"domain:{dom}", f"mx:{oper}", f"provider:{prov}")
-            for j, s in enumerate(sc):
-                sidx[i, j] = names.setdefault(s, len(names))
-            for j, f in enumerate(("sending_ip", "pool", "sender_domain"), 3):
-                v = e.get(f)
-                sidx[i, j] = names.setdefault(f"{_SENDING[j - 3]}:{v}", len(names)) if v else -1
-            codes.append(int(e.get("smtp_code") or 0))
-            m32 = mh & 0xFFFFFFFF
-            if k in ("bounced", "rejected"):
-                c, r = self.verdict(e, sc[2][9:], sc[1][3:])
-                cls[i], reason[i] = c, r
-                if r == _UU:
-                    prev = self._delivered.get(ident)
-                    kg[i] = prev is not None and (prev == -1 or prev != m32 or m32 == 0)
-            elif k == "delivered":
-                prev = self._delivered.get(ident)
-                self._delivered[ident] = m32 if prev is None or prev == m32 else -1
-        key = np.array(keys, dtype="S32") if keys else np.zeros(0, dtype="S32")
-        rows = RecipientRows(
-            ts=ts,
-            kind=kind,
-            cls=cls,
-            reason=reason,
-            ident=np.frombuffer(key.tobytes(), dtype="<u8")[::4].astype(np.uint64),
-            key=key,
-            mid=mid,
-            known_good=kg,
-            scope_keys=list(names),
-            domain_idx=sidx[:, 0].copy(),
-            mx_idx=sidx[:, 1].copy(),
-            provider_idx=sidx[:, 2].copy(),
-            ip_idx=sidx[:, 3].copy(),
-            pool_idx=sidx[:, 4].copy(),
-            sender_idx=sidx[:, 5].copy(),
-        )
-        return rows, mids, codes
+        The rows are a subsequence of the accepted events of the recipient kinds (the pipeline
+        also drops the repeats of an event accepted shortly before): each row is matched, in
+        order, with the next such event of the same recipient, kind, message and time."""
+        evs = [e for e in accepted if _K[e["event"]] in RECIPIENT_KINDS]
+        out: list[int] = []
+        j = 0
+        for ident, kind, mid, ts in zip(
+            rows.ident.tolist(),
+            rows.kind.tolist(),
+            rows.mid.tolist(),
+            rows.ts.tolist(),
+            strict=True,
+        ):
+            while j < len(evs):
+                e = evs[j]
+                j += 1
+                addr = e["recipient"]
+                if (
+                    self.ident(addr) == ident
+                    and _K[e["event"]] == kind
+                    and message_hash(e.get("message_id")) == mid
+                    and float(e["timestamp"]) == ts
+                ):
+                    self.addresses[ident] = addr
+                    out.append(int(e.get("smtp_code") or 0))
+                    break
+            else:
+                raise RuntimeError(
+                    f"a pipeline row (ident {ident}, kind {kind}, time {ts}) matches no accepted "
+                    "event of the tick"
+                )
+        return out
 
 
 # -- the policies ---------------------------------------------------------------------------
@@ -352,12 +301,13 @@ def run_one(
 ) -> RunResult:
     cfg = SimConfig(seed=seed, scenario=scenario, duration_s=hours * HOUR, rate=rate, params=params)
     sim = Simulator(cfg)
-    pipe = Pipeline()
+    pipe = Pipeline(keep_recipients=True)
     mon = Monitor(MonitorConfig())
-    builder = RowBuilder()
+    recips = Recipients()
     pols = _policies(load_config(config_path) if config_path else None)
-    #: per policy: message ids withheld (the fleet honoured the list at send time)
-    withheld: list[set[str]] = [set() for _ in pols]
+    #: per policy: the messages withheld (the fleet honoured the list at send time), by the
+    #: pipeline's hash of their id (RecipientRows.mid)
+    withheld: list[set[int]] = [set() for _ in pols]
     res = RunResult(name, scenario, hours)
     #: ident -> (got a hard bounce, got any bounce), over all policies' shared traffic
     hard_hit: set[int] = set()
@@ -374,20 +324,22 @@ def run_one(
                 res.incidents.append(ch.to_json())
         closed = [ch.incident for ch in changes if ch.action == "closed"]
         open_ = mon.open_incidents()
-        rows, mids, codes = builder.build(acc)
+        rows = pipe.take_recipients()
+        codes = recips.codes(acc, rows)
         if not known_good:
             rows.known_good[:] = False
         hard = (rows.cls == _HARD) & ((rows.kind == _K["bounced"]) | (rows.kind == _K["rejected"]))
         hard_hit.update(rows.ident[hard].tolist())
         sent = [ev for ev in acc if ev["event"] == "sent"]
-        sent_ids = [int.from_bytes(builder.digest(ev["recipient"])[:8], "little") for ev in sent]
+        sent_ids = [recips.ident(ev["recipient"]) for ev in sent]
+        mids = rows.mid.tolist()
         for p, pol in enumerate(pols):
             r, c = rows, codes
             if honour:
                 if sent:
                     for ev, b in zip(sent, pol.blocked(sent_ids, wm), strict=True):
                         if b:
-                            withheld[p].add(ev["message_id"])
+                            withheld[p].add(message_hash(ev["message_id"]))
                 if withheld[p] and len(rows):
                     keep = np.array([m not in withheld[p] for m in mids], dtype=np.bool_)
                     if not keep.all():
@@ -400,7 +352,7 @@ def run_one(
         {"type": t.type, "scopes": list(t.scopes), "onset": t.onset, "end": t.end or end}
         for t in sim.truth
     ]
-    res.scores = _score(sim, seed, builder, pols, hard_hit, res.truth, withheld)
+    res.scores = _score(sim, seed, recips, pols, hard_hit, res.truth, withheld)
     return res
 
 
@@ -409,7 +361,7 @@ class _Blank(dict[str, str]):
         return "x"
 
 
-def _outage_reasons(sim: Simulator, builder: RowBuilder, t: dict[str, Any]) -> set[int]:
+def _outage_reasons(sim: Simulator, recips: Recipients, t: dict[str, Any]) -> set[int]:
     """Reason codes of the replies an outage injects, and of the expiry bounce of a message
     deferred until its queue lifetime ran out: what a suppression *because of* the outage
     would carry (the background's mailbox-full bounces are not)."""
@@ -422,7 +374,7 @@ def _outage_reasons(sim: Simulator, builder: RowBuilder, t: dict[str, Any]) -> s
     for i in ids:
         r = REPLIES[i]
         text = r.text.format_map(_Blank())
-        c = builder.classifier.classify(r.code, r.enh, text, prov, prov)
+        c = recips.classifier.classify(r.code, r.enh, text, prov, prov)
         out.add(int(c.reason_code))
     return out
 
@@ -430,19 +382,19 @@ def _outage_reasons(sim: Simulator, builder: RowBuilder, t: dict[str, Any]) -> s
 def _score(
     sim: Simulator,
     seed: int,
-    builder: RowBuilder,
+    recips: Recipients,
     pols: list[Any],
     hard_hit: set[int],
     truth: list[dict[str, Any]],
-    withheld: list[set[str]],
+    withheld: list[set[int]],
 ) -> dict[str, dict[str, Any]]:
     valid_of = _validity(sim, seed)
-    validity = {i: valid_of(a) for i, a in builder.addresses.items()}
+    validity = {i: valid_of(a) for i, a in recips.addresses.items()}
     good_bounced = [i for i in hard_hit if validity.get(i) is True]
     bad_bounced = [i for i in hard_hit if validity.get(i) is False]
     bad_seen = [i for i, v in validity.items() if v is False]
     outages = [
-        (t, _outage_reasons(sim, builder, t)) for t in truth if t["type"] == "provider_outage"
+        (t, _outage_reasons(sim, recips, t)) for t in truth if t["type"] == "provider_outage"
     ]
     dom_provider = dict(zip(sim.dom_names, sim.dom_provider, strict=False))
     out: dict[str, dict[str, Any]] = {}
@@ -484,7 +436,7 @@ def _score(
             for i, (st, rs, t_hit) in fin.items():
                 if st not in (SUPPRESSED, SUSPENDED) or rs >= 200 or validity.get(i) is not True:
                     continue
-                dom = builder.addresses[i].rpartition("@")[2]
+                dom = recips.addresses[i].rpartition("@")[2]
                 for o, reasons in outages:
                     prov = o["scopes"][0].partition(":")[2]
                     if (
