@@ -353,3 +353,52 @@ def test_advance_through_detects_a_jump_step_by_step() -> None:
     first = next((c["type"], c["scope"], c["opened_at"]) for c in got if c["action"] == "opened")
     assert first[:2] == want[0][:2]
     assert abs(float(first[2]) - float(want[0][2])) <= 60.0
+
+
+def _two_senders() -> list[Stream]:
+    """Two sender domains on two shared IPs at three providers, with the combined scopes."""
+    base = {"transient": 0.02, "hard": 0.005, "block": 0.002, "throttle": 0.002}
+    out = []
+    for prov, dom in (
+        ("google", "gmail.com"),
+        ("microsoft", "outlook.com"),
+        ("yahoo", "yahoo.com"),
+    ):
+        for ip in ("192.0.2.1", "192.0.2.2"):
+            for sender in ("news.example.com", "shop.example.com"):
+                scopes = (
+                    f"domain:{dom}",
+                    f"provider:{prov}",
+                    f"mx:{prov}",
+                    f"ip:{ip}",
+                    "pool:shared",
+                    f"sender:{sender}",
+                    f"ip:{ip}|provider:{prov}",
+                    f"pool:shared|provider:{prov}",
+                    f"sender:{sender}|provider:{prov}",
+                )
+                out.append(Stream(scopes, per_min=40, probs=dict(base)))
+    return out
+
+
+def test_a_block_that_an_open_auth_failure_explains_is_not_reported() -> None:
+    """A sender's DMARC fails: Gmail and Outlook.com answer with authentication replies, Yahoo
+    with a policy block (``554 5.7.9``). The auth_failure opens on the sender; the block at
+    ``sender:...|provider:yahoo`` is part of the same cause (the sender holds all of its
+    mail), whichever way the block candidate is reached (directly, or attributed from the
+    sender), so no block incident is reported."""
+
+    def mutate(m: int, streams: list[Stream]) -> None:
+        if m != ONSET:
+            return
+        for s in streams:
+            if "sender:news.example.com" in s.scopes:
+                if "provider:yahoo" in s.scopes:
+                    s.probs["block"] = 0.6
+                else:
+                    s.probs["auth"] = 0.6
+
+    _, changes = run(_two_senders(), minutes=ONSET + 30, mutate=mutate)
+    got = opened(changes)
+    assert [t for t, _, _ in got] == ["auth_failure"], got
+    assert got[0][1] == "sender:news.example.com"

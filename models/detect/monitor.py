@@ -391,11 +391,18 @@ class Monitor:
             if rel is not None and rel.scope != related:
                 self._relate(rel, (name,))
                 return []
+            explainer = (
+                self._explained(spec, name, int(f.parents[q]), float(res.excess[q]))
+                if spec.explained_by
+                else None
+            )
             inc = self._new_incident(spec, f, res, q, name)
+            inc.explained_by = explainer.id if explainer is not None else None
             self._open[(spec.type, name)] = inc
             self.store.frozen[r] = True
-            self.opened_total[spec.type] = self.opened_total.get(spec.type, 0) + 1
-            out.append(IncidentChange.of("opened", inc))
+            if explainer is None:
+                self.opened_total[spec.type] = self.opened_total.get(spec.type, 0) + 1
+                out.append(IncidentChange.of("opened", inc))
         self._relate(inc, (related,))
         return out
 
@@ -565,14 +572,17 @@ class Monitor:
     def _explained(
         self, spec: DetectorSpec, name: str, parent: int, my_excess: float
     ) -> Incident | None:
-        """An open incident of an ``explained_by`` type on this scope, its parent or a related
-        scope -- or anywhere, when that incident's excess dwarfs this candidate's."""
+        """An open incident of an ``explained_by`` type on this scope, its parent, a scope that
+        holds all of its mail (``sender:d`` for ``sender:d|provider:P``, an IP's pool) or a
+        related scope -- or anywhere, when that incident's excess dwarfs this candidate's."""
         pname = self.store.names[parent] if parent >= 0 else None
+        single, bar, _ = name.partition("|")
+        holders = {name, pname, *self.members.wholes(name)} | ({single} if bar else set())
         lo = self.config.related_excess_ratio
         for (typ, scope), inc in self._open.items():
             if typ not in spec.explained_by or inc.explained_by is not None:
                 continue
-            if scope in (name, pname) or name in inc.related:
+            if scope in holders or name in inc.related:
                 return inc
             if inc.excess > 0 and my_excess <= inc.excess / lo:
                 return inc
