@@ -325,7 +325,7 @@ def test_membership_survives_a_snapshot() -> None:
     _, mon = run_pools([(0, _pool("shared-a"))])
     back = Monitor.restore(decode(encode(mon.snapshot())))
     for ip in POOL_IPS:
-        assert back.members.pool_of(f"ip:{ip}") == f"pool:{POOL_OF[ip]}"
+        assert back.members.whole_of(f"ip:{ip}") == f"pool:{POOL_OF[ip]}"
     assert back.members.wholes(f"ip:{POOL_IPS[0]}|provider:yahoo") == (
         "pool:shared-a|provider:yahoo",
         "pool:shared-a",
@@ -341,6 +341,9 @@ def test_membership_survives_a_snapshot() -> None:
         ("ip:198.51.100.1|provider:yahoo", "pool:shared-a|provider:yahoo", False),
         ("ip:198.51.100.99", "pool:shared-b", False),  # pool unknown: may be a part
         ("ip:198.51.100.1", "sender:news.example", False),
+        ("campaign:bf|provider:yahoo", "tenant:news|provider:yahoo", True),
+        ("campaign:bf|provider:yahoo", "tenant:acme|provider:yahoo", False),
+        ("campaign:bf", "pool:shared-a", False),  # not a paired kind
     ],
 )
 def test_an_ip_and_a_pool_it_does_not_send_in_are_disjoint(a: str, b: str, want: bool) -> None:
@@ -348,4 +351,7 @@ def test_an_ip_and_a_pool_it_does_not_send_in_are_disjoint(a: str, b: str, want:
 
     m = Membership()
     m.add([(f"ip:{ip}", f"pool:{p}") for ip, p in POOL_OF.items()])
+    m.add([("campaign:bf", "tenant:acme"), ("campaign:bf", "pool:x"), ("ip:1", "tenant:y")])
+    assert m.whole_of("campaign:bf") == "tenant:acme"  # pairs of other kinds are ignored
+    assert m.whole_of("ip:1") is None
     assert m.disjoint(a, b) is want and m.disjoint(b, a) is want

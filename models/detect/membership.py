@@ -1,14 +1,15 @@
-"""Which IP sends in which pool: the containment a scope's name does not tell.
+"""Which IP sends in which pool, which campaign is whose: containment a scope's name does not tell.
 
 A combined scope names its two wide scopes (``ip:X|provider:P`` is a part of ``ip:X`` and of
-``provider:P``), but an IP's pool is not in its name. Ingest reports the (IP, pool) pairs of
-each tick's events (``Deltas.members``); :class:`Membership` keeps the last pool each IP sent in,
-and answers the Monitor's questions (docs/incidents.md, "Attribution"):
+``provider:P``), but an IP's pool, and a campaign's tenant, are not in their names. Ingest
+reports the (IP, pool) and (campaign, tenant) pairs of each tick's events (``Deltas.members``);
+:class:`Membership` keeps the last whole each part was seen in, and answers the Monitor's
+questions (docs/incidents.md, "Attribution"):
 
 * the wholes of a scope: ``ip:X`` is a part of ``pool:Y``, and ``ip:X|provider:P`` of
-  ``pool:Y|provider:P`` (and of ``pool:Y``);
-* whether an IP scope and a pool scope are disjoint: the IP sends in another pool;
-* the frame's parts of every pool scope, for attribution (one IP of a pool explains the pool's
+  ``pool:Y|provider:P`` (and of ``pool:Y``); likewise ``campaign:C`` of ``tenant:T``;
+* whether a part and a whole of the paired kinds are disjoint: the IP sends in another pool;
+* the frame's parts of every whole, for attribution (one IP of a pool explains the pool's
   surge, or the pool's IPs are affected alike).
 
 Pure Python over scope names; a handful of pairs per tick.
@@ -18,70 +19,77 @@ from __future__ import annotations
 
 from typing import Final
 
-#: the (part, whole) kinds reported by ingest
-PART_KIND: Final[str] = "ip:"
-WHOLE_KIND: Final[str] = "pool:"
+#: the (part, whole) kinds reported by ingest (name prefixes): part kind -> whole kind
+PAIRS: Final[dict[str, str]] = {"ip:": "pool:", "campaign:": "tenant:"}
+_WHOLES: Final[dict[str, str]] = {w: p for p, w in PAIRS.items()}
+
+
+def _kind(scope: str) -> str:
+    return scope[: scope.find(":") + 1]
 
 
 class Membership:
-    """The last pool each IP sent in (bounded by the scopes the rolling store holds)."""
+    """The last whole each part was seen in (bounded by the scopes the rolling store holds)."""
 
-    __slots__ = ("_pool_of", "version")
+    __slots__ = ("_whole_of", "version")
 
     def __init__(self) -> None:
-        self._pool_of: dict[str, str] = {}
+        self._whole_of: dict[str, str] = {}
         #: bumped on every change (caches keyed by it)
         self.version = 0
 
     def __len__(self) -> int:
-        return len(self._pool_of)
+        return len(self._whole_of)
 
     def add(self, pairs: list[tuple[str, str]]) -> None:
-        """Remember ``(ip scope, pool scope)`` pairs; an IP moved to another pool follows."""
+        """Remember ``(part, whole)`` pairs (``("ip:X", "pool:Y")``); a part moved to another
+        whole follows."""
         for part, whole in pairs:
-            if not (part.startswith(PART_KIND) and whole.startswith(WHOLE_KIND)):
+            if PAIRS.get(_kind(part)) != _kind(whole):
                 continue
-            if self._pool_of.get(part) != whole:
-                self._pool_of[part] = whole
+            if self._whole_of.get(part) != whole:
+                self._whole_of[part] = whole
                 self.version += 1
 
     def prune(self, held: dict[str, int]) -> None:
-        """Forget the IPs the rolling store no longer holds (``held``: scope -> row)."""
-        gone = [ip for ip in self._pool_of if ip not in held]
-        for ip in gone:
-            del self._pool_of[ip]
+        """Forget the parts the rolling store no longer holds (``held``: scope -> row)."""
+        gone = [part for part in self._whole_of if part not in held]
+        for part in gone:
+            del self._whole_of[part]
         if gone:
             self.version += 1
 
-    def pool_of(self, ip_scope: str) -> str | None:
-        return self._pool_of.get(ip_scope)
+    def whole_of(self, part: str) -> str | None:
+        """The whole ``part`` was last seen in (``pool:Y`` of ``ip:X``, ``tenant:T`` of
+        ``campaign:C``), or None."""
+        return self._whole_of.get(part)
 
     def wholes(self, scope: str) -> tuple[str, ...]:
-        """The pool scopes that hold all of ``scope``'s mail: ``pool:Y`` for ``ip:X``, and
+        """The scopes that hold all of ``scope``'s mail: ``pool:Y`` for ``ip:X``, and
         ``pool:Y|provider:P`` and ``pool:Y`` for ``ip:X|provider:P`` (none when unknown)."""
         single, bar, prov = scope.partition("|")
-        pool = self._pool_of.get(single)
+        pool = self._whole_of.get(single)
         if pool is None:
             return ()
         return (f"{pool}|{prov}", pool) if bar else (pool,)
 
     def disjoint(self, a: str, b: str) -> bool:
-        """Whether an IP scope and a pool scope hold none of the same mail: the IP sends in
-        another pool (False when the pair is not IP and pool, or the IP's pool is unknown)."""
+        """Whether a part and a whole of paired kinds hold none of the same mail: the IP sends
+        in another pool (False when the kinds are not paired, or the part's whole is unknown)."""
         sa, sb = a.partition("|")[0], b.partition("|")[0]
-        if sa.startswith(WHOLE_KIND):
+        if _kind(sa) in _WHOLES:
             sa, sb = sb, sa
-        if not (sa.startswith(PART_KIND) and sb.startswith(WHOLE_KIND)):
+        if PAIRS.get(_kind(sa)) != _kind(sb):
             return False
-        pool = self._pool_of.get(sa)
-        return pool is not None and pool != sb
+        whole = self._whole_of.get(sa)
+        return whole is not None and whole != sb
 
     def parts_of(self, rows: dict[str, int]) -> dict[int, list[int]]:
-        """Row of every pool scope held -> rows of its IPs' scopes held: ``ip:X`` under
+        """Row of every whole held -> rows of its parts' scopes held: ``ip:X`` under
         ``pool:Y``, ``ip:X|provider:P`` under ``pool:Y|provider:P``."""
         out: dict[int, list[int]] = {}
         for name, row in rows.items():
-            if not name.startswith(PART_KIND):
+            if _kind(name) not in PAIRS:
                 continue
             for whole in self.wholes(name)[:1]:
                 w = rows.get(whole)
@@ -90,8 +98,8 @@ class Membership:
         return out
 
     def snapshot(self) -> dict[str, str]:
-        return dict(self._pool_of)
+        return dict(self._whole_of)
 
     def restore(self, pairs: dict[str, str]) -> None:
-        self._pool_of = {str(k): str(v) for k, v in pairs.items()}
+        self._whole_of = {str(k): str(v) for k, v in pairs.items()}
         self.version += 1
