@@ -30,7 +30,7 @@ Traffic model
   Gmail. Opens, clicks and unsubscribes come from the tracking service.
 * A scenario overlays one incident on this traffic: a reply key with a ramped probability on
   the matching attempts (per provider it may start later, with its own ramp: ``stagger``), or
-  a complaint probability for one campaign at one provider.
+  a complaint probability for one campaign (or all of one tenant's campaigns) at one provider.
 * Truth: each incident's ``scope`` is the one scope an engineer acts on under
   docs/incidents.md, "Attribution" (a combined scope ``X|provider:P`` for one sending dimension
   at one provider; the wide scope when its parts are affected alike); ``also_ok`` lists the
@@ -100,6 +100,10 @@ def _rows(text: str) -> list[str]:
 # reply on the wire, "550 5.1.1" a single line, "554" / "554-" without enhanced code, "-" a
 # connection failure without any reply. Every family's "transient" list also gets the timeout.
 # "dmarc": the refusal of a DMARC p=reject failure (only forced by a scenario).
+# "dnsbl": the refusal of a host that checks the connecting IP against Spamhaus (Yahoo/AOL,
+# Comcast, GMX/web.de, Exchange Online Protection for Microsoft 365 tenants, Postfix with
+# zen.spamhaus.org; Gmail, Outlook.com and iCloud use their own lists). "net_limit": Gmail's
+# 4.7.28 for a whole /24 ("IP Netblock"). Both only forced by a scenario.
 G = "https://support.google.com/mail/?p="
 YH = "https://postmaster.yahooinc.com/error-codes"
 MC = "https://community.mimecast.com/docs/DOC-1369#"
@@ -112,7 +116,7 @@ generic | full | 552 5.2.2 | <{{rcpt}}>: Mailbox full, quota exceeded
 generic | throttle | 421 4.7.0 | {{host}} Error: too many connections from {{ip}}
 generic | transient | 451 4.3.0 | <{{rcpt}}>: Temporary lookup failure
 generic | transient | 421 4.3.2 | Service not available, closing transmission channel
-generic | block | 554 5.7.1 | Service unavailable; Client host [{{ip}}] blocked using zen.spamhaus.org; https://www.spamhaus.org/query/ip/{{ip}}
+generic | block,dnsbl | 554 5.7.1 | Service unavailable; Client host [{{ip}}] blocked using zen.spamhaus.org; https://www.spamhaus.org/query/ip/{{ip}}
 generic | auth,dmarc | 550 5.7.26 | This message does not pass authentication checks (SPF and DKIM both do not pass). DMARC policy of {{sender}} is reject.
 generic | grey | 450 4.2.0 | <{{rcpt}}>: Recipient address rejected: Greylisted, see http://postgrey.schweikert.ch/help/{{dom}}.html
 generic | dsn | 550 5.1.1 | <{{rcpt}}>: Recipient address rejected: User unknown in virtual mailbox table
@@ -122,6 +126,7 @@ gmail | ok | 250 2.0.0 | OK  {{epoch}} {{g}}
 gmail | unknown | 550-5.1.1 | The email account that you tried to reach does not exist. Please try double-checking the recipient's email address for typos or unnecessary spaces. For more information, go to {G}NoSuchUser {{g}}
 gmail | full | 452-4.2.2 | The recipient's inbox is out of storage space. Please direct the recipient to {G}OverQuotaTemp {{g}}
 gmail | throttle,ip_limit | 421-4.7.28 | [{{ip}}      15] Our system has detected an unusual rate of unsolicited mail originating from your IP address. To protect our users from spam, mail sent from your IP address has been temporarily rate limited. For more information, go to {G}UnsolicitedRateLimitError to review our Bulk Email Senders Guidelines. {{g}}
+gmail | net_limit | 421-4.7.28 | [{{ip}}      15] Our system has detected an unusual rate of unsolicited mail originating from your IP Netblock. To protect our users from spam, mail sent from your IP Netblock has been temporarily rate limited. For more information, go to {G}UnsolicitedRateLimitError to review our Bulk Email Senders Guidelines. {{g}}
 gmail | throttle | 452-4.2.1 | The recipient you are trying to contact is receiving mail at a rate that prevents additional messages from being delivered. Please resend your message at a later point. If the user is able to receive mail at that time, your message will be delivered. For more information, go to {G}ReceivingRatePerm {{g}}
 gmail | transient | 421-4.3.0 | Temporary System Problem.  Try again later (10). {{g}}
 gmail | transient | 451 4.3.0 | Mail server temporarily rejected message. {{g}}
@@ -142,13 +147,14 @@ m365 | ok | 250 2.6.0 | {{mid}} [InternalId={{iid}}, Hostname={{msh}}.prod.outlo
 m365 | unknown | 550 5.1.10 | RESOLVER.ADR.RecipientNotFound; Recipient {{rcpt}} not found by SMTP address lookup
 m365 | full | 552 5.2.2 | mailbox full; STOREDRV.Deliver.Exception:QuotaExceededException.MapiExceptionShutoffQuotaExceeded
 m365 | block | 550 5.7.606 | Access denied, banned sending IP [{{ip}}]. To request removal from this list please visit https://sender.office.com/ and follow the directions. For more information please go to  http://go.microsoft.com/fwlink/?LinkID=526655 AS(1430) {{ms}}
+m365 | dnsbl | 550 5.7.1 | Service unavailable, Client host [{{ip}}] blocked using Spamhaus. To request removal from this list see https://www.spamhaus.org/query/ip/{{ip}} (AS16012611) {{ms}}
 m365 | auth | 550 5.7.509 | Access denied, sending domain {{SENDER}} does not pass DMARC verification and has a DMARC policy of reject. {{ms}}
 yahoo | ok | 250 | ok dirdel
 yahoo | unknown | 554 | delivery error: dd This user doesn't have a {{dom}} account ({{rcpt}}) [0] - {{y}}
 yahoo | full | 554 | delivery error: dd Sorry your message to {{rcpt}} cannot be delivered. This mailbox is disabled (554.30). - {{y}}
 yahoo | throttle | 421 4.7.0 | [TSS04] Messages from {{ip}} temporarily deferred due to unexpected volume or user complaints - 4.16.55.1; see {YH}
 yahoo | transient | 421 4.3.2 | Service temporarily unavailable, please try again later
-yahoo | block,pool_block*5 | 553 5.7.1 | [BL21] Connections will not be accepted from {{ip}}, because the ip is in Spamhaus's list; see {YH}
+yahoo | block,pool_block*5,dnsbl | 553 5.7.1 | [BL21] Connections will not be accepted from {{ip}}, because the ip is in Spamhaus's list; see {YH}
 yahoo | block,pool_block*4 | 554 5.7.9 | Message not accepted for policy reasons.  See {YH}
 yahoo | pool_block | 421 4.7.0 | [TSS09] All messages from {{ip}} will be permanently deferred; Retrying will NOT succeed. See {YH}
 yahoo | auth | 550 5.7.9 | This mail has been blocked because the sender is unauthenticated. Yahoo requires all senders to authenticate with either SPF or DKIM.
@@ -161,12 +167,12 @@ apple | block | 554 5.7.1 | [CS01] Message rejected due to local policy. Please 
 comcast | ok | 250 2.0.0 | {{q}} mail accepted for delivery
 comcast | unknown | 550 5.1.1 | <{{rcpt}}> Not our Customer
 comcast | throttle | 421 4.7.0 | {{host}} comcast {{ip}} Too many sessions opened from your IP. Please try again later. Refer to {CC}RL000010
-comcast | block | 554 5.7.1 | {{host}} comcast {{ip}} found on one or more DNSBLs, see {CC}BL000000
+comcast | block,dnsbl | 554 5.7.1 | {{host}} comcast {{ip}} found on one or more DNSBLs, see {CC}BL000000
 gmx | ok | 250 | Requested mail action okay, completed: id={{q}}
 gmx | unknown | 550 | Requested action not taken: mailbox unavailable
 gmx | full | 452 | Requested action not taken: insufficient system storage
 gmx | throttle | 421- | {{dom}} (mxgmx{{n}}) Nemesis ESMTP Service not available Too many connections from your IP address. For explanation visit https://www.gmx.net/mail/senderguidelines?c=ipc
-gmx | block | 554- | {{dom}} (mxgmx{{n}}) Nemesis ESMTP Service not available No SMTP service IP address is block listed. For explanation visit https://www.gmx.net/mail/senderguidelines?c=bl
+gmx | block,dnsbl | 554- | {{dom}} (mxgmx{{n}}) Nemesis ESMTP Service not available No SMTP service IP address is block listed. For explanation visit https://www.gmx.net/mail/senderguidelines?c=bl
 orange | ok | 250 2.0.0 | {{q}} mail accepted for delivery
 orange | unknown | 550 5.1.1 | Adresse d au moins un destinataire invalide. Invalid recipient. OFR_416 [416]
 orange | full | 452 4.2.2 | Boite du destinataire pleine. Recipient overquota. OFR_417 [417]
@@ -486,6 +492,14 @@ IP11, IP12, CAMP = "ip:198.51.100.11", "ip:198.51.100.12", "campaign:acme-bf-pre
 BB, BBS = "sender:notify.brightbank.example", "sender:secure.brightbank.example"
 SHARED_A = tuple(f"ip:{IPS[i]}" for i in POOLS["shared-a"])
 MS_CONSUMER = ("outlook.com", "hotmail.com", "live.com", "msn.com")
+IP13, DC, ACME = "ip:198.51.100.13", "pool:dedicated-c", "tenant:acme-retail"
+DEDICATED_C = tuple(f"ip:{IPS[i]}" for i in POOLS["dedicated-c"])
+ACME_CAMPAIGNS = tuple(
+    f"campaign:{x.campaign}" for x in (*STREAMS, BLAST) if x.campaign[:5] == "acme-"
+)
+SPAMHAUS_AT = ("yahoo", "microsoft", "comcast", "gmx")  # 198.51.100.13's refusing providers
+YAHOO_PARTS = tuple(at(f"pool:{p}", "yahoo") for p in POOLS)
+YAHOO_PARTS += tuple(at(f"ip:{x}", "yahoo") for x in IPS)
 # scope: the one scope to act on (docs/incidents.md, "Attribution"); also: other acceptable ones
 SCENARIOS = {
     "normal-24h": Scenario(24, "24 h of normal traffic; nothing should open"),
@@ -541,6 +555,55 @@ SCENARIOS = {
         "complaint_spike", at(CAMP, "yahoo"), (CAMP, at("tenant:acme-retail", "yahoo"),
         "provider:yahoo", "tenant:acme-retail"), 9000, 3600, "complaint", 0.005, 1.0,
         lambda i, d, s: s.campaign == CAMP[9:] and d.provider == "yahoo", fast_fbl="yahoo"),
+    # Gmail rate-limits dedicated-c's /24 as a whole (203.0.113.0/24 is the bank's alone; the
+    # shared pools share 198.51.100.0/24): 4.7.28 "IP Netblock" for every IP of the pool,
+    # Google Workspace MXs included. Its other providers and the shared pools deliver normally.
+    # Retries stay in the pool. Volume (seed 1, log order, retries included): the act scope
+    # has ~123 attempts/min during the incident (~30 per IP), 52 % deferred; a third of Google's.
+    "gmail-pool-netblock-limit": Scenario(
+        6, "Gmail 421-4.7.28 'IP Netblock' rate limit for all of pool dedicated-c, 50 min",
+        "rate_limited", at(DC, "google"), (DC, *(at(x, "google") for x in DEDICATED_C),
+        *DEDICATED_C), 5400, 3000, "net_limit", 0.55, 300.0,
+        lambda i, d, s: i in POOLS["dedicated-c"] and d.provider == "google"),
+    # Spamhaus (CSS) lists 198.51.100.13 after spam-trap hits. Every host that checks Spamhaus
+    # refuses it at connect, as its mirror or resolver cache picks the listing up: Yahoo/AOL
+    # [BL21] at once, Comcast BL000000 from +1 min, GMX from +2 min, the Exchange Online
+    # Protection of Microsoft 365 tenants from +4 min (ramp 10 min), half of the self-hosted
+    # Postfix domains (zen.spamhaus.org) as their caches expire (ramp 15 min). Gmail,
+    # Outlook.com (own list), iCloud, the B2B gateways and the other three IPs of shared-a
+    # deliver normally. Delisted after 2 h. The listing is the IP's problem (delisting, drain
+    # the IP): the IP as a whole, its affected parts at the refusing providers also counting.
+    # Volume (seed 1): the IP has ~83 attempts/min, 24 % refused (~20/min): Yahoo/AOL 9.7/min
+    # (47 % of the refusals), Microsoft 20/min of which 6.2 refused (M365), Comcast 2.8/min,
+    # self-hosted 2.5/min (half refused), GMX 0.5/min; Gmail 37/min and iCloud 8/min accepted.
+    "ip-spamhaus-listed": Scenario(
+        6, "Spamhaus lists 198.51.100.13: Yahoo BL21, Comcast, GMX, M365 EOP, Postfix refuse, 2 h",
+        "block", IP13, (*(at(IP13, p) for p in SPAMHAUS_AT), "pool:shared-a",
+        *(at("pool:shared-a", p) for p in SPAMHAUS_AT)), 7200, 7200, "dnsbl", 0.97, 60.0,
+        lambda i, d, s: i == 3 and (d.family in ("yahoo", "comcast", "gmx", "m365")
+                                    or (d.provider == "self" and d.rank % 2 == 0)),
+        stagger=(("comcast", 60.0, 180.0), ("gmx", 120.0, 300.0), ("microsoft", 240.0, 600.0),
+                 ("self", 0.0, 900.0))),
+    # acme-retail adds a co-registration segment, mostly Hotmail/Outlook.com addresses, to the
+    # audiences of all its campaigns: Outlook.com users report junk (JMRP) at 0.5 % of the
+    # deliveries instead of 0.04 %, on every acme campaign; its transactional stream, its other
+    # providers and the other tenants are unchanged. Microsoft 365 tenants have no per-message
+    # feedback loop. Volume (seed 1): the act scope has ~107 deliveries/min (about two thirds
+    # at Outlook.com), 38 % of Microsoft's; 46 complaints for the 2 h of sends (daily-deals
+    # 25, bf-preview 11, loyalty 10), reported 0.5-24 h later.
+    "tenant-complaints-jmrp": Scenario(
+        6, "acme-retail's campaigns: Outlook.com JMRP complaints 0.04 % -> 0.5 %, 2 h of sends",
+        "complaint_spike", at(ACME, "microsoft"), (ACME, "provider:microsoft",
+        *(at(c, "microsoft") for c in ACME_CAMPAIGNS)), 7200, 7200, "complaint", 0.005, 1.0,
+        lambda i, d, s: s.tenant == ACME[7:] and s.campaign != "" and d.family == "ms"),
+    # Yahoo defers every sender IP of the fleet alike ([TSS04], "unexpected volume"), all pools
+    # and tenants, ramp 10 min: Yahoo's problem, throttled at the provider. Volume (seed 1,
+    # retries included): ~122 attempts/min, 49 % deferred; shared-a 58 %, dedicated-c 37 %,
+    # shared-b 5 % of them.
+    "yahoo-provider-ratelimit": Scenario(
+        6, "Yahoo/AOL [TSS04] deferrals to half the attempts of every IP and pool, 90 min",
+        "rate_limited", "provider:yahoo", ("mx:yahoo", *YAHOO_PARTS), 6300, 5400, "throttle",
+        0.5, 600.0, lambda i, d, s: d.provider == "yahoo", domains_ok=True),
 }  # fmt: skip
 
 # ---------------------------------------------------------------------------------------------
