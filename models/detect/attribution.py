@@ -3,7 +3,9 @@
 A surge on a wide scope W (``provider:google``, ``ip:192.0.2.7``, ``sender:news.example``) can
 come from one narrower part of it: one IP at Google, one sender domain at Microsoft. The
 narrower parts that can be named are the combined scopes (``ip:X|provider:P``): each is a part
-of two wide scopes, ``provider:P`` and ``ip:X``. For a candidate W and the window that opened it:
+of two wide scopes, ``provider:P`` and ``ip:X``; and, by membership (``models.detect.membership``),
+an IP's scopes are parts of its pool's (``ip:X|provider:P`` of ``pool:Y|provider:P``) and a
+campaign's of its tenant's. For a candidate W and the window that opened it:
 
 * a hot part C **explains** W when C is clearly narrower (at most ``NARROWER`` of W's volume),
   holds most of W's excess count (at least ``EXPLAIN_SHARE``, both against W's baseline), and

@@ -119,10 +119,14 @@ class Monitor:
         #: event time of the last detector run of advance_through (None: none yet)
         self._detected_at: float | None = None
         self._children_rows: dict[int, tuple[int, int]] = {}
-        #: the pool each IP sends in (``Deltas.members``), and its rows cached per layout
+        #: the pools each IP sends in and the tenant of each campaign (``Deltas.members``),
+        #: and their (whole, part) rows cached per layout
         self.members = Membership()
         self._member_version: tuple[int, int] = (-1, -1)
-        self._member_rows: dict[int, list[int]] = {}
+        self._member_rows: tuple[NDArray[np.intp], NDArray[np.intp]] = (
+            np.zeros(0, dtype=np.intp),
+            np.zeros(0, dtype=np.intp),
+        )
         self.advances = 0
         self._windows = WindowTests(cfg, self.store)
 
@@ -133,9 +137,9 @@ class Monitor:
             self._first_t = float(deltas.bucket_start.min())
         local = self.store.add(deltas)
         if deltas.members:
-            self.members.add(deltas.members)
-            if len(self.members) > 2 * len(self.store.rows) + 1024:
-                self.members.prune(self.store.rows)
+            self.members.add(deltas.members, deltas.watermark)
+            self.members.maybe_prune(self.store.rows)
+        self.members.expire(self.store.watermark)
         self._replies.rotate(self.store.fine_head)
         if len(deltas):
             self._dirty = True
@@ -328,18 +332,30 @@ class Monitor:
         pool's part opens): such an incident is not reported, and becomes a related scope of
         the larger one, exactly as if the larger one had opened first. A part that opened and
         widened into its wide scope in the same run (an IP's part, then its pool's) is not
-        reported either: its scope stays a related scope of the wide incident."""
-        opened_ids = {c.incident.id for c in changes if c.action == "opened"}
+        reported either: its scope stays a related scope of the wide incident, and the parts it
+        had widened in this run (an IP's Yahoo part, then the IP, then its pool) close into the
+        wide incident instead."""
+        opened_here = {c.incident.id: c.incident for c in changes if c.action == "opened"}
         dropped: set[str] = set()
+        repointed: set[str] = set()
+        closed_here = {c.incident.id: c.incident for c in changes if c.action == "closed"}
         for c in changes:
             part = c.incident
-            if c.action != "closed" or part.id not in opened_ids or part.widened_into is None:
+            if c.action != "closed" or part.id not in opened_here or part.widened_into is None:
+                continue
+            wide = opened_here.get(part.widened_into)
+            if wide is None:
                 continue
             dropped.add(part.id)
             self.opened_total[spec.type] -= 1
             self._closed = [i for i in self._closed if i.id != part.id]
-            wide = next(x.incident for x in changes if x.incident.id == part.widened_into)
-            wide.widened_from.remove(part.id)
+            at = wide.widened_from.index(part.id) if part.id in wide.widened_from else 0
+            wide.widened_from[at : at + 1] = part.widened_from
+            for child_id in part.widened_from:
+                child = closed_here.get(child_id)
+                if child is not None:
+                    child.widened_into = wide.id
+                    repointed.add(child_id)
         opened = [
             c.incident for c in changes if c.action == "opened" and c.incident.id not in dropped
         ]
@@ -368,12 +384,28 @@ class Monitor:
             self._relate(into, (inc.scope, *inc.related))
         if not dropped:
             return changes
-        # the opened records carry the related scopes they have at the end of the run
-        return [
-            IncidentChange.of("opened", c.incident) if c.action == "opened" else c
+        # the opened records carry the related scopes they have at the end of the run, and a
+        # part's closed record (re-pointed or not) follows the record of what it widened into
+        out = [
+            IncidentChange.of("opened", c.incident)
+            if c.action == "opened"
+            else IncidentChange.of("closed", c.incident)
+            if c.incident.id in repointed
+            else c
             for c in changes
             if c.incident.id not in dropped
         ]
+        into_here = {c.incident.id for c in out if c.action == "opened"}
+        late = [c for c in out if c.action == "closed" and c.incident.widened_into in into_here]
+        rest = [
+            c for c in out if not (c.action == "closed" and c.incident.widened_into in into_here)
+        ]
+        ordered: list[IncidentChange] = []
+        for c in rest:
+            ordered.append(c)
+            if c.action == "opened":
+                ordered.extend(x for x in late if x.incident.widened_into == c.incident.id)
+        return ordered
 
     def _open_one(
         self, spec: DetectorSpec, f: Frame, res: SpecResult, q: int, related: str
@@ -407,11 +439,13 @@ class Monitor:
         return out
 
     def _relate(self, inc: Incident, scopes: tuple[str, ...]) -> None:
-        """List ``scopes`` (other than the incident's own) as related scopes of ``inc``."""
+        """List ``scopes`` (other than the incident's own) as related scopes of ``inc``
+        (counted in ``related_total`` when ``inc`` is reported, not explained)."""
         for s in scopes:
             if s != inc.scope and s not in inc.related:
                 inc.related.append(s)
-                self.related_total += 1
+                if inc.explained_by is None:
+                    self.related_total += 1
 
     def _drop_open(self, inc: Incident) -> None:
         """Take ``inc`` out of the open incidents; its row thaws when no other incident is open
@@ -520,21 +554,19 @@ class Monitor:
         return out
 
     def _member_parts(self, f: Frame) -> dict[int, list[int]]:
-        """Frame positions: pool scope -> its IPs' scopes (membership; cached per layout)."""
+        """Frame positions: whole -> its parts' scopes (``pool:Y|provider:P`` -> its IPs'
+        ``ip:X|provider:P``, ``tenant:T`` -> its campaigns'; membership, rows cached per layout)."""
         st = self.store
         version = (len(st.rows) + 1_000_003 * st.evicted + 7 * st.capacity, self.members.version)
         if version != self._member_version:
-            self._member_rows = self.members.parts_of(st.rows)
+            self._member_rows = self.members.pairs_of(st.rows)
             self._member_version = version
-        pos = f.pos_of_row
+        wr, pr = self._member_rows
+        wp, cp = f.pos_of_row[wr], f.pos_of_row[pr]
+        keep = (wp >= 0) & (cp >= 0)
         out: dict[int, list[int]] = {}
-        for w, parts in self._member_rows.items():
-            wp = int(pos[w])
-            if wp < 0:
-                continue
-            cs = [int(pos[c]) for c in parts if pos[c] >= 0]
-            if cs:
-                out[wp] = cs
+        for w, c in zip(wp[keep].tolist(), cp[keep].tolist(), strict=True):
+            out.setdefault(w, []).append(c)
         return out
 
     def _new_incident(
