@@ -218,9 +218,8 @@ def test_scopes_and_columns() -> None:
         assert t[COL["bounced"]] == 1 and t[COL["class_config"]] == 1
         assert t[COL["auth_failure"]] == 1
     assert d.watermark == BASE + 1
-    # the IP and the pool it sent in, the campaign and its tenant (Deltas.members), for
-    # attribution
-    assert d.members == [("ip:192.0.2.10", "pool:shared-1"), ("campaign:nov", "tenant:acme")]
+    # the IP and the pool it sent in (Deltas.members), for attribution
+    assert d.members == [("ip:192.0.2.10", "pool:shared-1")]
 
 
 def test_members_are_the_distinct_ip_pool_pairs_of_the_tick() -> None:

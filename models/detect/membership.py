@@ -1,8 +1,8 @@
-"""Which IP sends in which pool, which campaign is whose: containment a scope's name does not tell.
+"""Which IP sends in which pool: containment a scope's name does not tell.
 
 A combined scope names its two wide scopes (``ip:X|provider:P`` is a part of ``ip:X`` and of
-``provider:P``), but an IP's pool, and a campaign's tenant, are not in their names. Ingest
-reports the (IP, pool) and (campaign, tenant) pairs of each tick's events (``Deltas.members``);
+``provider:P``), but an IP's pool is not in its name. Ingest reports the (IP, pool) pairs of
+each tick's events (``Deltas.members``);
 :class:`Membership` keeps the wholes each part was seen in, and answers the Monitor's
 questions (docs/incidents.md, "Attribution"). A part may be in several wholes at once (KumoMTA
 lets a source serve several pools): each pair is kept with the newest event time it was seen
@@ -10,7 +10,7 @@ at, and forgotten ``ttl_s`` of event time later, so the result does not depend o
 pairs arrive in, and a part moved to another whole leaves the old one after a day.
 
 * the wholes of a scope: ``ip:X`` is a part of ``pool:Y``, and ``ip:X|provider:P`` of
-  ``pool:Y|provider:P`` (and of ``pool:Y``); likewise ``campaign:C`` of ``tenant:T``;
+  ``pool:Y|provider:P`` (and of ``pool:Y``);
 * whether a part and a whole of the paired kinds are disjoint: the IP sends in another pool;
 * the frame's parts of every whole, for attribution (one IP of a pool explains the pool's
   surge, or the pool's IPs are affected alike).
@@ -26,8 +26,11 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-#: the (part, whole) kinds reported by ingest (name prefixes): part kind -> whole kind
-PAIRS: Final[dict[str, str]] = {"ip:": "pool:", "campaign:": "tenant:"}
+#: the (part, whole) kinds reported by ingest (name prefixes): part kind -> whole kind. Not
+#: campaign -> tenant: with it, a campaign that is most of its tenant's mail widened into the
+#: tenant (a bad list import, one campaign's complaints), where the campaign is what to pause
+#: (docs/evaluation.md)
+PAIRS: Final[dict[str, str]] = {"ip:": "pool:"}
 _WHOLES: Final[dict[str, str]] = {w: p for p, w in PAIRS.items()}
 
 
@@ -99,8 +102,7 @@ class Membership:
         self._limit = 2 * len(self._wholes) + 1024
 
     def wholes_of(self, part: str) -> tuple[str, ...]:
-        """The wholes ``part`` is in (``pool:Y`` of ``ip:X``, ``tenant:T`` of ``campaign:C``),
-        sorted."""
+        """The wholes ``part`` is in (the pools of ``ip:X``), sorted."""
         return tuple(sorted(self._wholes.get(part, ())))
 
     def wholes(self, scope: str) -> tuple[str, ...]:

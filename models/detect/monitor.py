@@ -119,7 +119,7 @@ class Monitor:
         #: event time of the last detector run of advance_through (None: none yet)
         self._detected_at: float | None = None
         self._children_rows: dict[int, tuple[int, int]] = {}
-        #: the pools each IP sends in and the tenant of each campaign (``Deltas.members``),
+        #: the pools each IP sends in (``Deltas.members``),
         #: and their (whole, part) rows cached per layout
         self.members = Membership()
         self._member_version: tuple[int, int] = (-1, -1)
@@ -555,7 +555,7 @@ class Monitor:
 
     def _member_parts(self, f: Frame) -> dict[int, list[int]]:
         """Frame positions: whole -> its parts' scopes (``pool:Y|provider:P`` -> its IPs'
-        ``ip:X|provider:P``, ``tenant:T`` -> its campaigns'; membership, rows cached per layout)."""
+        ``ip:X|provider:P``; membership, rows cached per layout)."""
         st = self.store
         version = (len(st.rows) + 1_000_003 * st.evicted + 7 * st.capacity, self.members.version)
         if version != self._member_version:

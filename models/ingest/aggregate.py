@@ -36,12 +36,9 @@ _REASON_AUTH = REASON_CODE["authfailure"]
 #: the single-scope dimension of each combined kind, and the provider dimension
 _COMBINED_DIMS = tuple(SCOPE_KINDS.index(k.partition("|")[0]) for k in COMBINED_KINDS)
 _PROVIDER_DIM = SCOPE_KINDS.index("provider")
-#: (part, whole) dimensions whose pairs the Deltas report (``Deltas.members``): IP -> pool,
-#: campaign -> tenant
-_MEMBER_DIMS = (
-    (SCOPE_KINDS.index("ip"), SCOPE_KINDS.index("pool")),
-    (SCOPE_KINDS.index("campaign"), SCOPE_KINDS.index("tenant")),
-)
+#: (part, whole) dimensions whose pairs the Deltas report (``Deltas.members``): IP -> pool
+#: (models/detect/membership.py says why not campaign -> tenant)
+_MEMBER_DIMS = ((SCOPE_KINDS.index("ip"), SCOPE_KINDS.index("pool")),)
 
 
 class Columns:

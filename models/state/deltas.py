@@ -32,8 +32,8 @@ class Deltas:
         watermark: the largest event time seen by the producer so far (epoch seconds).
         late_dropped: events older than the allowed lateness, counted but not bucketed.
         members: ``(part, whole)`` pairs of single scopes seen together in the tick's events:
-            a sending IP and the pool it sent in (``("ip:192.0.2.7", "pool:shared-a")``), a
-            campaign and its tenant. The Monitor keeps them (the last whole of each part), so
+            a sending IP and the pool it sent in (``("ip:192.0.2.7", "pool:shared-a")``). The
+            Monitor keeps them (``models.detect.membership``), so
             that an incident on a pool and one on an IP of it are known to be about the same
             mail (docs/incidents.md).
     """

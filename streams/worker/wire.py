@@ -40,7 +40,7 @@ class DeltaMessage(msgspec.Struct, array_like=True):
     #: quiet: it does not hold the owners' watermark back); defaults keep older messages readable
     part: int = -1
     idle: bool = False
-    #: (part, whole) scope pairs of the tick (``Deltas.members``: IP -> pool, campaign -> tenant)
+    #: (part, whole) scope pairs of the tick (``Deltas.members``: IP -> pool)
     members: list[tuple[str, str]] = []
 
 
