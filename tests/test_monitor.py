@@ -402,3 +402,23 @@ def test_a_block_that_an_open_auth_failure_explains_is_not_reported() -> None:
     got = opened(changes)
     assert [t for t, _, _ in got] == ["auth_failure"], got
     assert got[0][1] == "sender:news.example.com"
+
+
+def test_an_outage_at_one_provider_does_not_explain_a_block_at_another() -> None:
+    """Microsoft has an outage while Google blocks one IP: the block is not part of the outage
+    (the scopes are at two providers, so disjoint), however large the outage's excess; both
+    open. Before, the block, reached as the IP's Google part, was hidden by the outage."""
+
+    def mutate(m: int, streams: list[Stream]) -> None:
+        if m != ONSET:
+            return
+        for s in streams:
+            if "provider:microsoft" in s.scopes:
+                s.probs["transient"] = 0.7
+            if "provider:google" in s.scopes and "ip:192.0.2.1" in s.scopes:
+                s.probs["block"] = 0.6
+
+    _, changes = run(_two_senders(), minutes=ONSET + 30, mutate=mutate)
+    got = {(t, s) for t, s, _ in opened(changes)}
+    assert ("provider_outage", "provider:microsoft") in got, got
+    assert ("block", "ip:192.0.2.1|provider:google") in got, got

@@ -606,7 +606,9 @@ class Monitor:
     ) -> Incident | None:
         """An open incident of an ``explained_by`` type on this scope, its parent, a scope that
         holds all of its mail (``sender:d`` for ``sender:d|provider:P``, an IP's pool) or a
-        related scope -- or anywhere, when that incident's excess dwarfs this candidate's."""
+        related scope -- or on any scope not disjoint from it (``_disjoint``: an outage at
+        Microsoft does not explain a block at Google), when that incident's excess dwarfs this
+        candidate's."""
         pname = self.store.names[parent] if parent >= 0 else None
         single, bar, _ = name.partition("|")
         holders = {name, pname, *self.members.wholes(name)} | ({single} if bar else set())
@@ -616,7 +618,7 @@ class Monitor:
                 continue
             if scope in holders or name in inc.related:
                 return inc
-            if inc.excess > 0 and my_excess <= inc.excess / lo:
+            if inc.excess > 0 and my_excess <= inc.excess / lo and not self._disjoint(scope, name):
                 return inc
         return None
 
