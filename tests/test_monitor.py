@@ -422,3 +422,23 @@ def test_an_outage_at_one_provider_does_not_explain_a_block_at_another() -> None
     got = {(t, s) for t, s, _ in opened(changes)}
     assert ("provider_outage", "provider:microsoft") in got, got
     assert ("block", "ip:192.0.2.1|provider:google") in got, got
+
+
+def test_a_senders_auth_failure_at_one_provider_explains_its_blocks_at_another() -> None:
+    """A sender's DMARC fails: Gmail answers with authentication replies, Yahoo with policy
+    blocks (``554 5.7.9``). The cause is on the sending side (``sender_side``), so the open
+    ``auth_failure`` explains the blocks at Yahoo although its scope names Google."""
+
+    def mutate(m: int, streams: list[Stream]) -> None:
+        if m != ONSET:
+            return
+        for s in streams:
+            if "sender:news.example.com" in s.scopes:
+                if "provider:google" in s.scopes:
+                    s.probs["auth"] = 0.6
+                elif "provider:yahoo" in s.scopes:
+                    s.probs["block"] = 0.6
+
+    _, changes = run(_two_senders(), minutes=ONSET + 30, mutate=mutate)
+    got = opened(changes)
+    assert {t for t, _, _ in got} == {"auth_failure"}, got

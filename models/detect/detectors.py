@@ -87,6 +87,10 @@ class DetectorSpec:
     #: incident types that explain this one: no incident opens on a scope (or a related scope)
     #: of an open incident of one of these types (rate limits during an outage)
     explained_by: tuple[str, ...] = ()
+    #: the cause is on the sending side and shows at every provider (a sender's broken DNS
+    #: authentication): an open incident of this type explains dependent candidates at other
+    #: providers too (``Monitor._explained``), where a provider-side cause (an outage) does not
+    sender_side: bool = False
 
     @property
     def num_idx(self) -> int:
@@ -132,6 +136,7 @@ DEFAULT_DETECTORS: tuple[DetectorSpec, ...] = (
         min_ratio=5.0,
         min_abs=0.05,
         critical_rate=0.3,
+        sender_side=True,
     ),
     DetectorSpec(
         "block",

@@ -104,6 +104,7 @@ class Monitor:
         self.store = RollingStore(cfg.rolling)
         self.store.on_evict.append(self._on_evict)
         self._specs = cfg.detectors
+        self._sender_side = {s.type: s.sender_side for s in cfg.detectors}
         self._open: dict[tuple[str, str], Incident] = {}  # (type, scope) -> incident
         self._closed: list[Incident] = []
         self.opened_total: dict[str, int] = dict.fromkeys(INCIDENT_TYPES, 0)
@@ -608,7 +609,8 @@ class Monitor:
         holds all of its mail (``sender:d`` for ``sender:d|provider:P``, an IP's pool) or a
         related scope -- or on any scope not disjoint from it (``_disjoint``: an outage at
         Microsoft does not explain a block at Google), when that incident's excess dwarfs this
-        candidate's."""
+        candidate's. The scope of a ``sender_side`` type counts without its provider: a sender's
+        authentication failure seen at Gmail explains the blocks its mail gets at Yahoo."""
         pname = self.store.names[parent] if parent >= 0 else None
         single, bar, _ = name.partition("|")
         holders = {name, pname, *self.members.wholes(name)} | ({single} if bar else set())
@@ -618,7 +620,8 @@ class Monitor:
                 continue
             if scope in holders or name in inc.related:
                 return inc
-            if inc.excess > 0 and my_excess <= inc.excess / lo and not self._disjoint(scope, name):
+            probe = scope.partition("|")[0] if self._sender_side.get(typ, False) else scope
+            if inc.excess > 0 and my_excess <= inc.excess / lo and not self._disjoint(probe, name):
                 return inc
         return None
 
