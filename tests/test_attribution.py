@@ -132,7 +132,8 @@ def test_rate_limit_opens_on_the_scope_to_act_on(
             f"ip:{IPS[2]}",
         ),
         # one IP at Google, then a second IP at Google too: two IPs of four are not all of
-        # Google, so nothing widens
+        # Google, so nothing widens, and nothing else opens (before, the first IP's wide scope
+        # named Google through its Google part, and Google opened beside the two IPs)
         (
             {(IPS[0], "google"): 0.6},
             {(IPS[0], "google"): 0.6, (IPS[1], "google"): 0.6},
@@ -149,20 +150,23 @@ def test_a_part_that_opened_first_widens_when_the_rest_follows(
 ) -> None:
     """Attribution decides on the evidence of each run, so the part whose share crossed the
     thresholds first opens first; once the wide scope opens and no part explains it alone,
-    the part's incident closes into the wide one (docs/incidents.md, "Widening")."""
+    the part's incident closes into the wide one (docs/incidents.md, "Widening"). Ingest
+    reports the IPs' pool, as it always does: without it, ``pool:shared-1|provider:google``
+    is not known to hold the two IPs' parts."""
     rng = np.random.default_rng(11)
     mon = Monitor()
     records: list[dict[str, object]] = []
     onset = 3 * 3600
     for m in range(0, onset + 40 * 60, 60):
         throttled = {} if m < onset else first if m < onset + 10 * 60 else later
-        d = minute(T0 + m, rng, throttled)
+        d = minute(T0 + m, rng, throttled, members=True)
         mon.add(d)
         records += [ch.to_json() for ch in mon.advance(d.watermark)]
     opened = [r for r in records if r["type"] == "rate_limited" and r["action"] == "opened"]
     assert opened and opened[0]["scope"] == want_first, [r["scope"] for r in opened]
     if want_final == want_first:
         assert not any("widened_from" in r or "widened_into" in r for r in records)
+        assert len({r["scope"] for r in opened}) == len(later), [r["scope"] for r in opened]
         return
     wide = [r for r in opened if r["scope"] == want_final]
     assert len(wide) == 1, [r["scope"] for r in opened]
@@ -215,6 +219,12 @@ def test_a_pool_at_one_provider_is_one_incident_whatever_the_opening_order() -> 
         ("ip:192.0.2.1|provider:yahoo", "provider:yahoo", False),
         ("ip:192.0.2.1|provider:yahoo", "pool:shared-1", False),
         ("ip:192.0.2.1", "pool:shared-1", False),
+        # a recipient domain is at its provider
+        ("domain:outlook.com", "ip:192.0.2.1|provider:google", True),
+        ("domain:outlook.com", "ip:192.0.2.1|provider:microsoft", False),
+        ("domain:outlook.com", "ip:192.0.2.1", False),
+        # an MX operator spans providers (Microsoft 365 tenants are not provider:microsoft)
+        ("mx:microsoft", "ip:192.0.2.1|provider:other", False),
     ],
 )
 def test_disjoint_scopes(a: str, b: str, want: bool) -> None:
@@ -330,6 +340,33 @@ def test_membership_survives_a_snapshot() -> None:
         "pool:shared-a|provider:yahoo",
         "pool:shared-a",
     )
+
+
+def test_membership_of_an_older_snapshot_lives_from_the_restored_clock() -> None:
+    """A snapshot of the older format (part -> whole, no times) is read as seen at the
+    restored clock, so the first sweep does not forget every pair."""
+    from models.detect.membership import Membership
+
+    m = Membership()
+    m.restore({"ip:198.51.100.1": "pool:shared-a"}, now=float(T0))
+    m.expire(float(T0) + 7200.0)
+    assert m.wholes_of("ip:198.51.100.1") == ("pool:shared-a",)
+    m.expire(float(T0) + 2 * 86400.0)
+    assert m.wholes_of("ip:198.51.100.1") == ()
+
+
+def test_related_scopes_are_counted_once() -> None:
+    """``related_total`` counts each scope once when it becomes related to a reported
+    incident: not again when a part's related scopes are handed to what it widened into, nor
+    the reported part itself."""
+    ip0 = POOL_IPS[0]
+    _, mon = run_pools([(0, {(ip0, "yahoo"): 0.6}), (10, _pool("shared-a"))])
+    (wide,) = mon.open_incidents()
+    (part,) = mon.recent_closed()
+    assert part.widened_into == wide.id
+    # the part's related scopes and the part itself were handed on, not counted again
+    once = (set(part.related) | set(wide.related)) - {part.scope}
+    assert mon.related_total == len(once), (part.related, wide.related)
 
 
 @pytest.mark.parametrize(
@@ -466,3 +503,72 @@ def test_a_chain_of_widenings_in_one_run_points_at_what_is_reported(seed: int) -
     assert set(opened_at) == closed | {i.id for i in mon.open_incidents()}
     assert mon.opened_total["rate_limited"] == len(opened_at)
     assert f"ip:{s_ip}|provider:yahoo" in {r["scope"] for r in recs if r["action"] == "opened"}
+
+
+def _reversed(d: Deltas) -> Deltas:
+    """The same counts with the scopes listed the other way round."""
+    n = len(d.scopes)
+    return Deltas(
+        scopes=d.scopes[::-1],
+        scope_idx=np.arange(n, dtype=np.int32),
+        bucket_start=d.bucket_start[::-1].copy(),
+        counts=d.counts[::-1].copy(),
+        watermark=d.watermark,
+        members=d.members,
+    )
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_parts_that_explain_a_scope_together_do_not_depend_on_scope_order(reverse: bool) -> None:
+    """One IP in each of pools A and B rate-limited at Yahoo, a large pool C fine. Yahoo's
+    surge is explained by a group of parts: the two IPs' Yahoo parts, or the two pools'. The
+    narrower group (the IPs: each pool's surge is its one IP's) is taken, whatever order the
+    scopes first reached the Monitor in."""
+    spec = {f"198.51.100.{i}": ("C", {"google": 60, "yahoo": 60}) for i in range(11, 17)}
+    spec |= {
+        "198.51.100.1": ("A", {"google": 60, "yahoo": 60}),
+        "198.51.100.2": ("A", {"google": 60, "yahoo": 60}),
+        "198.51.100.3": ("B", {"google": 60, "yahoo": 60}),
+        "198.51.100.4": ("B", {"google": 60, "yahoo": 60}),
+    }
+    rng = np.random.default_rng(1)
+    mon = Monitor()
+    records: list[dict[str, object]] = []
+    onset = 3 * 3600
+    for m in range(0, onset + 20 * 60, 60):
+        th = {("198.51.100.1", "yahoo"): 0.7, ("198.51.100.3", "yahoo"): 0.7} if m >= onset else {}
+        d = _spec_minute(T0 + m, rng, th, spec)
+        mon.add(_reversed(d) if reverse else d)
+        records += [c.to_json() for c in mon.advance(d.watermark)]
+    got = {r["scope"] for r in records if r["type"] == "rate_limited" and r["action"] == "opened"}
+    assert got == {"ip:198.51.100.1|provider:yahoo", "ip:198.51.100.3|provider:yahoo"}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_wide_scope_named_through_another_part_widens_the_open_part(seed: int) -> None:
+    """IP X sends a little to Google and most of its mail to Yahoo. Google rate-limits it
+    first (its Google part opens), Yahoo ten minutes later: the IP is then named as the scope
+    to act on through Google's candidate (X's Google part explains Google's surge, and X is
+    affected alike at Yahoo), and the open Google part closes into it: one incident holds the
+    IP's mail, not two nested ones."""
+    x = "10.0.0.1"
+    spec = {x: ("shared", {"google": 40, "yahoo": 400})}
+    spec |= {f"10.0.0.{i}": ("shared", {"google": 60, "yahoo": 60}) for i in range(2, 6)}
+    rng = np.random.default_rng(seed)
+    mon = Monitor()
+    records: list[dict[str, object]] = []
+    onset = 3 * 3600
+    for m in range(0, onset + 25 * 60, 60):
+        th: dict[tuple[str, str], float] = {}
+        if m >= onset:
+            th[(x, "google")] = 0.9
+        if m >= onset + 600:
+            th[(x, "yahoo")] = 0.9
+        d = _spec_minute(T0 + m, rng, th, spec)
+        mon.add(d)
+        records += [c.to_json() for c in mon.advance(d.watermark)]
+    recs = [r for r in records if r["type"] == "rate_limited"]
+    assert [i.scope for i in mon.open_incidents()] == [f"ip:{x}"], recs
+    part = next(r for r in recs if r["scope"] == f"ip:{x}|provider:google")
+    wide = next(r for r in recs if r["scope"] == f"ip:{x}" and r["action"] == "opened")
+    assert part["id"] in wide["widened_from"]

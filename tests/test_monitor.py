@@ -442,3 +442,72 @@ def test_a_senders_auth_failure_at_one_provider_explains_its_blocks_at_another()
     _, changes = run(_two_senders(), minutes=ONSET + 30, mutate=mutate)
     got = opened(changes)
     assert {t for t, _, _ in got} == {"auth_failure"}, got
+
+
+def test_an_outage_at_one_provider_does_not_explain_an_ips_block_at_the_others() -> None:
+    """Microsoft has an outage while Google and Yahoo block one IP: the block opens on the IP
+    as a whole (it is not a part of one provider), a scope that spans Microsoft too. The
+    outage can account only for the IP's Microsoft mail, which holds none of the block's
+    excess, so it does not explain the block, however large its own excess."""
+
+    def mutate(m: int, streams: list[Stream]) -> None:
+        if m != ONSET:
+            return
+        for s in streams:
+            if "provider:microsoft" in s.scopes:
+                s.probs["transient"] = 0.7
+            elif "ip:192.0.2.1" in s.scopes:
+                s.probs["block"] = 0.6
+
+    mon, changes = run(_two_senders(), minutes=ONSET + 30, mutate=mutate)
+    got = {(t, s) for t, s, _ in opened(changes)}
+    assert ("provider_outage", "provider:microsoft") in got, got
+    assert ("block", "ip:192.0.2.1") in got, got
+    assert not [i for i in mon._open.values() if i.explained_by is not None]
+
+
+def test_a_senders_auth_failure_does_not_explain_a_block_its_mail_does_not_hold() -> None:
+    """news.example.com fails authentication at Gmail (``sender_side``), while Yahoo blocks
+    all mail of one IP, both senders alike: the sender's Yahoo mail holds only half of the
+    block's excess, so its auth failure does not explain the block, which opens."""
+
+    def mutate(m: int, streams: list[Stream]) -> None:
+        if m != ONSET:
+            return
+        for s in streams:
+            if "sender:news.example.com" in s.scopes and "provider:google" in s.scopes:
+                s.probs["auth"] = 0.6
+            if "ip:192.0.2.2" in s.scopes and "provider:yahoo" in s.scopes:
+                s.probs["block"] = 0.6
+
+    _, changes = run(_two_senders(), minutes=ONSET + 30, mutate=mutate)
+    got = {(t, s) for t, s, _ in opened(changes)}
+    assert ("auth_failure", "sender:news.example.com|provider:google") in got, got
+    assert ("block", "ip:192.0.2.2|provider:yahoo") in got, got
+
+
+def test_an_incident_an_outage_explained_opens_when_the_outage_closes() -> None:
+    """Microsoft has a 10 min outage while it also blocks one IP, for an hour. During the
+    outage the block is explained (not reported); once the outage closes, the block is no
+    longer explained and opens at the next detector run, instead of staying silent for as
+    long as it lasts."""
+
+    def mutate(m: int, streams: list[Stream]) -> None:
+        for s in streams:
+            if "provider:microsoft" not in s.scopes:
+                continue
+            if m == ONSET:
+                s.probs["transient"] = 0.5
+                if "ip:192.0.2.1" in s.scopes:
+                    s.probs["block"] = 0.4
+            if m == ONSET + 10:
+                s.probs["transient"] = 0.02
+
+    mon, changes = run(_two_senders(), minutes=ONSET + 90, mutate=mutate)
+    outage = [c for c in changes if c["type"] == "provider_outage"]
+    assert [c["action"] for c in outage] == ["opened", "closed"], outage
+    closed_at = float(str(outage[1]["closed_at"]))
+    blocks = [c for c in changes if c["type"] == "block" and c["action"] == "opened"]
+    assert [c["scope"] for c in blocks] == ["ip:192.0.2.1|provider:microsoft"], blocks
+    assert closed_at <= float(str(blocks[0]["opened_at"])) <= closed_at + 60.0
+    assert not [i for i in mon._open.values() if i.explained_by is not None]

@@ -222,6 +222,22 @@ def test_scopes_and_columns() -> None:
     assert d.members == [("ip:192.0.2.10", "pool:shared-1")]
 
 
+def test_a_bar_inside_a_value_does_not_make_a_combined_scope() -> None:
+    """``|`` joins the halves of a combined scope, so inside a pool, tenant or campaign value
+    it is written ``¦`` in the scope's name (docs/events.md, "Scopes")."""
+    p = make()
+    fields = {"sending_ip": "192.0.2.10", "pool": "a|b", "campaign": "Sale | Dec"}
+    assert p.feed(ev("delivered", **fields)) is None
+    d = p.flush()
+    assert {
+        "pool:a\u00a6b",
+        "campaign:Sale \u00a6 Dec",
+        "campaign:Sale \u00a6 Dec|provider:google",
+    } <= set(d.scopes)
+    assert not [s for s in d.scopes if s.count("|") > 1 or ("|" in s and "|provider:" not in s)]
+    assert d.members == [("ip:192.0.2.10", "pool:a\u00a6b")]
+
+
 def test_members_are_the_distinct_ip_pool_pairs_of_the_tick() -> None:
     """An IP that moved pools within the tick reports both pairs; an event without a pool, or
     without an IP, reports none."""

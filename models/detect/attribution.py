@@ -4,8 +4,8 @@ A surge on a wide scope W (``provider:google``, ``ip:192.0.2.7``, ``sender:news.
 come from one narrower part of it: one IP at Google, one sender domain at Microsoft. The
 narrower parts that can be named are the combined scopes (``ip:X|provider:P``): each is a part
 of two wide scopes, ``provider:P`` and ``ip:X``; and, by membership (``models.detect.membership``),
-an IP's scopes are parts of its pool's (``ip:X|provider:P`` of ``pool:Y|provider:P``) and a
-campaign's of its tenant's. For a candidate W and the window that opened it:
+an IP's scopes are parts of its pool's (``ip:X|provider:P`` of ``pool:Y|provider:P``). For a
+candidate W and the window that opened it:
 
 * a hot part C **explains** W when C is clearly narrower (at most ``NARROWER`` of W's volume),
   holds most of W's excess count (at least ``EXPLAIN_SHARE``, both against W's baseline), and
@@ -13,7 +13,8 @@ campaign's of its tenant's. For a candidate W and the window that opened it:
   baseline (one-sided z below ``Z_ALIKE``), or its excess rate is under ``ALIKE_SHARE`` of C's.
   Of the parts that explain W, the one with the least volume is taken;
 * else a few hot parts of one kind (at most ``MAX_PARTS``, at most ``GROUP_NARROWER`` of W's
-  volume together) explain W together on the same terms; each of them is taken;
+  volume together) explain W together on the same terms; each of them is taken (of several
+  such groups, the one with the least volume: the narrowest);
 * else W is the scope to act on (the parts are affected alike: a provider-wide problem).
 
 Pure numpy over the Monitor's frame: the statistics are those of the detector's own test.
@@ -126,7 +127,8 @@ def attribute(
         by_kind: dict[int, list[int]] = {}
         for c in parts:
             by_kind.setdefault(int(f.kinds[c]), []).append(c)
-        for group in by_kind.values():
+        groups: list[tuple[float, int, list[int]]] = []
+        for kind, group in by_kind.items():
             if not 1 < len(group) <= MAX_PARTS:
                 continue
             x_g = sum(float(t.x[w, c]) for c in group)
@@ -134,8 +136,9 @@ def attribute(
             if n_g <= 0 or n_g > GROUP_NARROWER * n_w or x_g - n_g * p0 < EXPLAIN_SHARE * excess_w:
                 continue
             if not _alike(x_w - x_g, n_w - n_g, p0, x_g / n_g):
-                out[w_pos] = sorted(group)
-                break
+                groups.append((n_g, kind, sorted(group)))
+        if groups:  # the narrowest group (least volume), whatever order the scopes came in
+            out[w_pos] = min(groups)[2]
     return out
 
 

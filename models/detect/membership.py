@@ -145,10 +145,11 @@ class Membership:
     def snapshot(self) -> dict[str, dict[str, float]]:
         return {part: dict(ws) for part, ws in self._wholes.items()}
 
-    def restore(self, state: dict[str, Any]) -> None:
-        """From :meth:`snapshot` (a part -> whole mapping of an older format is read too)."""
+    def restore(self, state: dict[str, Any], now: float = 0.0) -> None:
+        """From :meth:`snapshot` (a part -> whole mapping of an older format is read too, as
+        seen at ``now``, the restored clock: it carries no times)."""
         self._wholes = {
-            str(part): {str(ws): 0.0}
+            str(part): {str(ws): now}
             if isinstance(ws, str)
             else {str(w): float(t) for w, t in ws.items()}
             for part, ws in state.items()

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from models.detect.attribution import attribute, parents_of, parts_explain
+from models.detect.attribution import EXPLAIN_SHARE, attribute, parents_of, parts_explain
 from models.detect.config import MonitorConfig
 from models.detect.detectors import (
     DetectorSpec,
@@ -71,14 +71,43 @@ def _provider_part(scope: str) -> str | None:
     return prov if bar and prov.startswith("provider:") else None
 
 
+def _provider_of(scope: str) -> str | None:
+    """The provider all of a scope's events go to: its provider part, or a recipient domain's
+    provider in the provider table (``domain:outlook.com`` -> ``provider:microsoft``); None for
+    scopes that span providers (``ip:X``, ``sender:d``, an MX operator: Microsoft 365 tenants
+    are not ``provider:microsoft``)."""
+    prov = _provider_part(scope)
+    if prov is None and scope.startswith("domain:"):
+        prov = _parent_scope(scope)
+    return prov
+
+
 def disjoint(a: str, b: str) -> bool:
     """Whether two scopes can hold none of the same events: scopes of one kind (one IP is not
     another), or scopes at two different providers (``ip:X|provider:yahoo`` and
-    ``pool:Y|provider:microsoft``). Only scopes that are not disjoint can be related."""
+    ``pool:Y|provider:microsoft``, ``domain:outlook.com`` and ``provider:google``). Only scopes
+    that are not disjoint can be related."""
     if scope_kind(a) == scope_kind(b):
         return True
-    pa, pb = _provider_part(a), _provider_part(b)
+    pa, pb = _provider_of(a), _provider_of(b)
     return pa is not None and pb is not None and pa != pb
+
+
+def shared_part(probe: str, name: str) -> str | None:
+    """The narrowest counted scope that holds every event ``probe`` and ``name`` (not disjoint)
+    can share, when it is narrower than ``name``: ``name``'s part at ``probe``'s provider
+    (``ip:X|provider:microsoft`` for ``ip:X`` and ``provider:microsoft``), ``probe``'s part at
+    ``name``'s provider (``sender:d|provider:yahoo`` for ``sender:d`` and
+    ``pool:Y|provider:yahoo``), or ``probe`` itself when neither is at one provider. None when
+    all of ``name``'s events can be shared (both at one provider, or ``probe`` holds ``name``)."""
+    pp, pn = _provider_of(probe), _provider_of(name)
+    if pn is not None and pp is not None:
+        return None  # the same provider (not disjoint): name lies within it
+    if pp is not None:
+        return f"{name}|{pp}"
+    if pn is not None:
+        return f"{probe}|{pn}"
+    return probe
 
 
 def _parent_scope(scope: str) -> str | None:
@@ -276,7 +305,12 @@ class Monitor:
         st = self.store
         pref = {_KIND_CODE[k]: i for i, k in enumerate(spec.kinds)}
         order = sorted(
-            cand.tolist(), key=lambda p: (pref.get(int(f.kinds[p]), 99), -float(res.rate_any[p]))
+            cand.tolist(),
+            key=lambda p: (
+                pref.get(int(f.kinds[p]), 99),
+                -float(res.rate_any[p]),
+                st.names[int(f.rows[p])] or "",
+            ),
         )
         # a wide candidate whose surge one narrower part explains opens on that part
         # (models/detect/attribution.py); the wide scope is listed as related
@@ -293,7 +327,7 @@ class Monitor:
                 continue  # already open: its parts are its to act on, not new incidents
             if p in targets:
                 for q in targets[p]:
-                    changes.extend(self._open_one(spec, f, res, q, related=name))
+                    changes.extend(self._open_one(spec, f, res, q, name, targets))
                 continue
             parts = self._open_parts(spec, r)
             if parts:  # attribution names W itself now: its open parts widen into it...
@@ -303,11 +337,7 @@ class Monitor:
                 else:
                     changes.extend(self._widen(spec, f, res, p, name, parts))
                 continue
-            explainer = (
-                self._explained(spec, name, int(f.parents[p]), float(res.excess[p]))
-                if spec.explained_by
-                else None
-            )
+            explainer = self._explained(spec, f, res, p, name) if spec.explained_by else None
             rel = self._related_to(spec, p, r, f, res.excess)
             if rel is not None:
                 self._relate(rel, (name,))
@@ -380,9 +410,10 @@ class Monitor:
                 kept.append(inc)
                 continue
             dropped.add(inc.id)
-            self._drop_open(inc)
+            self._drop_open(inc, into)
             self.opened_total[spec.type] -= 1
-            self._relate(into, (inc.scope, *inc.related))
+            self._relate(into, (inc.scope,))
+            self._relate(into, tuple(inc.related), count=False)
         if not dropped:
             return changes
         # the opened records carry the related scopes they have at the end of the run, and a
@@ -409,26 +440,51 @@ class Monitor:
         return ordered
 
     def _open_one(
-        self, spec: DetectorSpec, f: Frame, res: SpecResult, q: int, related: str
+        self,
+        spec: DetectorSpec,
+        f: Frame,
+        res: SpecResult,
+        q: int,
+        related: str,
+        targets: dict[int, list[int]],
+        seen: frozenset[int] = frozenset(),
     ) -> list[IncidentChange]:
         """Open (or keep) the incident on the part at frame position ``q`` that a wider
-        candidate's surge is attributed to; the wider scope becomes one of its related scopes."""
+        candidate's surge is attributed to; the wider scope becomes one of its related scopes.
+        When ``q`` is a candidate that attribution explains by a narrower part in turn (a
+        pool's Yahoo part by one IP's), that part is the one."""
         r = int(f.rows[q])
         name = self.store.names[r]
         if name is None:
             return []
+        inner = [x for x in targets.get(q, ()) if x != q and x not in seen]
+        if inner and (spec.type, name) not in self._open:
+            got: list[IncidentChange] = []
+            for x in inner:
+                got.extend(self._open_one(spec, f, res, x, name, targets, seen | {q}))
+                inc_x = self._open.get((spec.type, self.store.names[int(f.rows[x])] or ""))
+                if inc_x is not None:
+                    self._relate(inc_x, (related,))
+            return got
         inc = self._open.get((spec.type, name))
         out: list[IncidentChange] = []
-        if inc is None:
+        # a wide scope (W2 of step 2) that is a candidate itself, which attribution names as
+        # it is, over open parts: as in _open_candidates (it widens them unless they hold it)
+        own = inc is None and bool(res.opens[q]) and q not in targets
+        parts = self._open_parts(spec, r) if own else []
+        if parts:
+            held = self._held_by_parts(f, res, q, parts)
+            if held is not None:
+                self._relate(held, (name, related))
+                return []
+            out = self._widen(spec, f, res, q, name, parts)
+            inc = self._open[(spec.type, name)]
+        elif inc is None:
             rel = self._related_to(spec, q, r, f, res.excess)
             if rel is not None and rel.scope != related:
                 self._relate(rel, (name,))
                 return []
-            explainer = (
-                self._explained(spec, name, int(f.parents[q]), float(res.excess[q]))
-                if spec.explained_by
-                else None
-            )
+            explainer = self._explained(spec, f, res, q, name) if spec.explained_by else None
             inc = self._new_incident(spec, f, res, q, name)
             inc.explained_by = explainer.id if explainer is not None else None
             self._open[(spec.type, name)] = inc
@@ -439,22 +495,31 @@ class Monitor:
         self._relate(inc, (related,))
         return out
 
-    def _relate(self, inc: Incident, scopes: tuple[str, ...]) -> None:
+    def _relate(self, inc: Incident, scopes: tuple[str, ...], count: bool = True) -> None:
         """List ``scopes`` (other than the incident's own) as related scopes of ``inc``
-        (counted in ``related_total`` when ``inc`` is reported, not explained)."""
+        (counted in ``related_total`` when ``inc`` is reported, not explained, and ``count``:
+        scopes handed on from a part that widened or was absorbed were counted there, and a
+        part that was reported itself is not a new related scope)."""
         for s in scopes:
             if s != inc.scope and s not in inc.related:
                 inc.related.append(s)
-                if inc.explained_by is None:
+                if count and inc.explained_by is None:
                     self.related_total += 1
 
-    def _drop_open(self, inc: Incident) -> None:
+    def _drop_open(self, inc: Incident, into: Incident | None = None) -> None:
         """Take ``inc`` out of the open incidents; its row thaws when no other incident is open
-        on the scope."""
+        on the scope. The incidents it explained are explained by ``into`` from now on (what
+        it widened or was absorbed into), or else leave with it: they were never reported, and
+        one still surging opens on its own at the next detector run."""
         del self._open[(inc.type, inc.scope)]
         r = self.store.rows.get(inc.scope)
         if r is not None and not any(s == inc.scope for (_, s) in self._open):
             self.store.frozen[r] = False
+        for dep in [d for d in self._open.values() if d.explained_by == inc.id]:
+            if into is not None:
+                dep.explained_by = into.id
+            else:
+                self._drop_open(dep)
 
     def _keep_closed(self, inc: Incident) -> None:
         """Remember a closed incident for /status (the newest ``keep_closed``)."""
@@ -528,11 +593,11 @@ class Monitor:
         self.opened_total[spec.type] = self.opened_total.get(spec.type, 0) + 1
         closed: list[IncidentChange] = []
         for part in parts:
-            self._drop_open(part)
+            self._drop_open(part, inc)
             part.closed_at = f.now
             part.widened_into = inc.id
             inc.widened_from.append(part.id)
-            self._relate(inc, (part.scope, *part.related))
+            self._relate(inc, (part.scope, *part.related), count=False)
             self._keep_closed(part)
             closed.append(IncidentChange.of("closed", part))
         # the opened record carries the parts it widened
@@ -603,14 +668,18 @@ class Monitor:
         )
 
     def _explained(
-        self, spec: DetectorSpec, name: str, parent: int, my_excess: float
+        self, spec: DetectorSpec, f: Frame, res: SpecResult, p: int, name: str
     ) -> Incident | None:
         """An open incident of an ``explained_by`` type on this scope, its parent, a scope that
         holds all of its mail (``sender:d`` for ``sender:d|provider:P``, an IP's pool) or a
         related scope -- or on any scope not disjoint from it (``_disjoint``: an outage at
         Microsoft does not explain a block at Google), when that incident's excess dwarfs this
-        candidate's. The scope of a ``sender_side`` type counts without its provider: a sender's
-        authentication failure seen at Gmail explains the blocks its mail gets at Yahoo."""
+        candidate's and the events the two can share hold most of the candidate's excess
+        (``_shares_excess``). The scope of a ``sender_side`` type counts without its provider:
+        a sender's authentication failure seen at Gmail explains the blocks its mail gets at
+        Yahoo."""
+        parent = int(f.parents[p])
+        my_excess = float(res.excess[p])
         pname = self.store.names[parent] if parent >= 0 else None
         single, bar, _ = name.partition("|")
         holders = {name, pname, *self.members.wholes(name)} | ({single} if bar else set())
@@ -621,9 +690,31 @@ class Monitor:
             if scope in holders or name in inc.related:
                 return inc
             probe = scope.partition("|")[0] if self._sender_side.get(typ, False) else scope
-            if inc.excess > 0 and my_excess <= inc.excess / lo and not self._disjoint(probe, name):
+            if (
+                inc.excess > 0
+                and my_excess <= inc.excess / lo
+                and not self._disjoint(probe, name)
+                and self._shares_excess(probe, name, my_excess, f, res)
+            ):
                 return inc
         return None
+
+    def _shares_excess(
+        self, probe: str, name: str, my_excess: float, f: Frame, res: SpecResult
+    ) -> bool:
+        """Whether the events ``probe`` and ``name`` can share hold most of ``name``'s excess
+        (``EXPLAIN_SHARE``, the attribution's share), measured on ``shared_part``: a Microsoft
+        outage cannot account for a block of an IP whose excess is at Google, nor a sender's
+        Gmail authentication failure for the Yahoo block of an IP that does not carry that
+        sender's Yahoo mail. Where the shared events are not counted (no such scope), the
+        excess alone decides, as before."""
+        part = shared_part(probe, name)
+        if part is None:
+            return True
+        r = self.store.rows.get(part)
+        if r is None or f.pos_of_row[r] < 0:
+            return True
+        return float(res.excess[int(f.pos_of_row[r])]) >= EXPLAIN_SHARE * my_excess
 
     def _related_to(
         self, spec: DetectorSpec, p: int, r: int, f: Frame, excess: F64
@@ -669,6 +760,8 @@ class Monitor:
         quiet = {s.type: s.close_quiet_s for s in self._specs}
         out: list[IncidentChange] = []
         for inc in list(self._open.values()):
+            if self._open.get((inc.type, inc.scope)) is not inc:
+                continue  # left with the incident that explained it
             if now - inc.last_hot < quiet.get(inc.type, 900.0):
                 continue
             inc.closed_at = now
@@ -721,7 +814,7 @@ class Monitor:
         mon.advances = int(m["advances"])
         mon._detected_at = None if m.get("detected_at") is None else float(m["detected_at"])
         mon._replies.restore(m["replies"], mon.store.rows)
-        mon.members.restore(m.get("members", {}))
+        mon.members.restore(m.get("members", {}), mon.store.watermark)
         return mon
 
     # ------------------------------------------------------------------------------ output

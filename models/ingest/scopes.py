@@ -33,6 +33,9 @@ N_DIMS = len(SCOPE_KINDS)
 #: names and combinations a ScopeTable holds at most when none is given: the default cap of
 #: the rolling state (models.state.rolling.RollingConfig.max_scopes, REPMON_MAX_SCOPES)
 DEFAULT_MAX_SCOPES: Final[int] = 500_000
+#: what a "|" inside a scope value (a campaign "Sale | Dec") is written as in the scope's name:
+#: "|" separates the two halves of a combined scope (docs/events.md, "Scopes")
+SCOPE_BAR: Final[str] = "\u00a6"
 #: dimensions whose scope ids survive a reset (provider:, mx:): a bounded vocabulary
 _STABLE_DIMS: Final[tuple[int, ...]] = (1, 2)
 #: column of a combination row holding the index of its (provider, operator) pair
@@ -233,7 +236,8 @@ class ScopeTable:
             sid = ids.get(v)
             if sid is None:
                 sid = ids[v] = len(self.names)
-                self.names.append(f"{SCOPE_KINDS[dim]}:{v}")
+                # "|" joins the combined scopes (ip:X|provider:P): not inside a value
+                self.names.append(f"{SCOPE_KINDS[dim]}:{v.replace('|', SCOPE_BAR)}")
             out.append(sid)
         return tuple(out)
 
